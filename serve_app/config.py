@@ -1,0 +1,163 @@
+"""The one config tree. Serve config files carry it as an application's ``args``; Python callers
+pass it to ``build_app``. Unknown keys are rejected everywhere; limits live in the types.
+"""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+
+from adapters.ids import check_base_name
+from adapters.spec import AdapterSpec
+from serve_app import env
+
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]  # what vLLM's max_lora_rank accepts
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeploymentOptions(_Strict):
+    """Ray Serve options for one deployment (see ``serve.deployment``)."""
+
+    num_replicas: PositiveInt | None = Field(default=1, description="Fixed replica count.")
+    autoscaling_config: dict[str, Any] | None = Field(
+        default=None, description="Serve autoscaling (min_replicas, max_replicas, ...); "
+        "replaces num_replicas."
+    )
+    max_ongoing_requests: PositiveInt = Field(default=64, description="Per replica.")
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0.5},
+        description="Resources and runtime_env of each replica actor.",
+    )
+    router: Literal["adapter_aware", "builtin"] = Field(
+        default="adapter_aware",
+        description="adapter_aware: our RequestRouter; builtin: Ray Serve's multiplex routing.",
+    )
+
+    @model_validator(mode="after")
+    def _replicas(self) -> "DeploymentOptions":
+        if self.autoscaling_config is not None:
+            self.num_replicas = None
+        return self
+
+
+class SourceOptions(_Strict):
+    """Where adapters may come from and how they are fetched and checked."""
+
+    allowed_roots: list[str] = Field(
+        default_factory=list,
+        description="Local directories adapters may be read from (paths and file:// URIs).",
+    )
+    cache_dir: str = Field(default="~/.cache/loraserve", description="Local disk cache.")
+    cache_max_bytes: PositiveInt = Field(default=20 * 2**30, description="Disk cache budget.")
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint.")
+    fetch_timeout_s: float = Field(default=600.0, gt=0, description="Per-adapter fetch limit.")
+    fetch_retries: NonNegativeInt = Field(default=3, description="Retries with backoff.")
+    max_adapter_bytes: PositiveInt = Field(default=2 * 2**30, description="Per-adapter file cap.")
+    allow_pickle: bool = Field(
+        default=False, description="Accept pickled .bin weights (unsafe: runs code on load)."
+    )
+    check_base_model: bool = Field(
+        default=True, description="Refuse adapters whose base_model_name_or_path differs."
+    )
+
+
+class LLMConfig(_Strict):
+    """One base language model and its adapters."""
+
+    name: str = Field(description="Served base id; requests use it as 'model'.")
+    model: str = Field(description="Local path or Hugging Face id of the base weights.")
+    tokenizer: str | None = Field(default=None, description="Defaults to model.")
+    engine: Literal["vllm", "peft"] = Field(default="vllm", description="Text engine.")
+    max_loras: PositiveInt = Field(default=4, description="Adapters usable in one batch.")
+    max_cpu_loras: PositiveInt | None = Field(
+        default=None, description="Adapters resident per replica (working set); >= max_loras."
+    )
+    max_lora_rank: LoraRank = Field(default=16, description="Largest adapter rank accepted.")
+    max_model_len: PositiveInt | None = Field(default=None, description="Context length cap.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_resident_bytes: PositiveInt | None = Field(
+        default=None, description="Byte budget for resident adapter weights per replica."
+    )
+    eviction: Literal["lru", "lfu"] = Field(default="lru", description="Working-set eviction.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra engine arguments (vLLM AsyncEngineArgs)."
+    )
+    adapters: list[AdapterSpec] = Field(default_factory=list)
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+    @model_validator(mode="after")
+    def _check(self) -> "LLMConfig":
+        check_base_name(self.name)
+        if self.max_cpu_loras is None:
+            self.max_cpu_loras = self.max_loras
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})"
+            )
+        _unique([a.name for a in self.adapters], f"adapter names of '{self.name}'")
+        return self
+
+
+class ImageConfig(_Strict):
+    """One diffusion base model and its LoRAs."""
+
+    name: str = Field(description="Served base id; requests use it as 'model'.")
+    model: str = Field(description="Local path or Hugging Face id of the pipeline.")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    max_adapters: PositiveInt = Field(default=8, description="LoRAs resident per replica.")
+    max_resident_bytes: PositiveInt | None = Field(default=None, description="Byte budget.")
+    eviction: Literal["lru", "lfu"] = "lru"
+    max_mix: PositiveInt = Field(default=4, description="Most LoRAs in one weighted mix.")
+    max_size: PositiveInt = Field(default=1024, description="Largest width/height in pixels.")
+    default_size: PositiveInt = Field(default=512, description="Size when a request omits it.")
+    max_n: PositiveInt = Field(default=4, description="Most images per request.")
+    max_steps: PositiveInt = Field(default=50, description="Most inference steps per request.")
+    default_steps: PositiveInt = Field(default=30)
+    adapters: list[AdapterSpec] = Field(default_factory=list)
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ImageConfig":
+        check_base_name(self.name)
+        _unique([a.name for a in self.adapters], f"adapter names of '{self.name}'")
+        if self.default_size > self.max_size or self.default_size % 8:
+            raise ValueError("default_size must be a multiple of 8 and <= max_size")
+        if self.default_steps > self.max_steps:
+            raise ValueError("default_steps must be <= max_steps")
+        return self
+
+
+class AppConfig(_Strict):
+    """The whole application: text and image bases, adapter sources, and the admin token."""
+
+    llm: list[LLMConfig] = Field(default_factory=list)
+    image: list[ImageConfig] = Field(default_factory=list)
+    sources: SourceOptions = Field(default_factory=SourceOptions)
+    admin_token: str | None = Field(
+        default_factory=env.admin_token,
+        description="Bearer token for the admin API; default from LORASERVE_ADMIN_TOKEN.",
+    )
+    max_request_bytes: PositiveInt = Field(default=1_000_000, description="Request body cap.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AppConfig":
+        _unique([m.name for m in [*self.llm, *self.image]], "base model names")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "AppConfig":
+        """Load a bare config tree, or the ``args`` of the first application of a Serve config."""
+        data = yaml.safe_load(Path(path).read_text())
+        if isinstance(data, dict) and "applications" in data:
+            data = data["applications"][0].get("args", {})
+        return cls.model_validate(data)
+
+
+def _unique(names: list[str], what: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {what}: {', '.join(dupes)}")

@@ -1,0 +1,10 @@
+"""Markers come from the folder: tests/unit -> unit, tests/integration -> integration, tests/e2e -> e2e."""
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for layer in ("unit", "integration", "e2e"):
+            if f"/tests/{layer}/" in str(item.fspath):
+                item.add_marker(getattr(pytest.mark, layer))
