@@ -1,0 +1,219 @@
+"""The Ray Serve request router that feeds replica state into ``policy.Fleet``.
+
+Serve creates one instance per deployment handle (the proxy's and every caller's). It learns
+each replica's adapters from the routing stats that ``deployments.residency`` pushes (falling back
+to Ray's ``multiplexed_model_ids``), keeps its own count of requests in flight per replica (so a
+burst is spread before any stats refresh), and treats an adapter it has just sent to a replica as
+loading there until that replica's report catches up. Set it on a deployment with
+``request_router_config(...)``.
+
+NOTE: no FIFOMixin: a replica chosen for a request is given to that very request (Serve's default
+matching); FIFOMixin would hand it to the oldest pending request of any adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ray.serve._private.common import ReplicaID
+from ray.serve.config import RequestRouterConfig
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+from ray.util import metrics
+
+from serve_app.routing.policy import Fleet, Knobs, ReplicaView, RequestView
+
+log = logging.getLogger("ray.serve")
+
+ROUTER_CLASS = "serve_app.routing.router:AdapterAwareRouter"
+
+
+def request_router_config(
+    knobs: dict[str, Any] | None = None,
+    *,
+    stats_period_s: float = 1.0,
+    expect_ttl_s: float = 5.0,
+) -> RequestRouterConfig:
+    """The ``request_router_config`` for a deployment that should use adapter-aware routing.
+
+    ``knobs``: ``policy.Knobs`` fields. ``stats_period_s``: how often Serve polls
+    ``record_routing_stats`` (pushes on every residency change come on top). ``expect_ttl_s``:
+    how long an adapter just sent to a replica counts as loading there without confirmation.
+    """
+    Knobs(**(knobs or {}))  # fail early on a bad knob
+    return RequestRouterConfig(
+        request_router_class=ROUTER_CLASS,
+        request_router_kwargs={"knobs": knobs or {}, "expect_ttl_s": expect_ttl_s},
+        request_routing_stats_period_s=stats_period_s,
+        request_routing_stats_timeout_s=max(5.0, 5 * stats_period_s),
+    )
+
+
+_decisions: metrics.Counter | None = None
+
+
+def _decision_counter() -> metrics.Counter:
+    global _decisions
+    if _decisions is None:
+        _decisions = metrics.Counter(
+            "loraserve_routing_decisions",
+            description="Requests routed, by kind: hit, spill, cold, base, fallback.",
+            tag_keys=("deployment", "kind"),
+        )
+    return _decisions
+
+
+class AdapterAwareRouter(RequestRouter):
+    """Routes each request by ``policy.Fleet.decide``; see serve_app/routing/policy.py."""
+
+    def initialize_state(self, knobs: dict[str, Any] | None = None, expect_ttl_s: float = 5.0):
+        self._fleet = Fleet(Knobs(**(knobs or {})))
+        self._expect_ttl_s = expect_ttl_s
+        self._seen_v: dict[str, int] = {}
+        self._reported: dict[str, ReplicaView] = {}
+        # (replica, adapter) -> when this router sent it there, until the replica reports it.
+        self._expected: dict[tuple[str, str], float] = {}
+        self._inflight: dict[str, int] = {}
+        self._last: dict[str, Any] = {}  # internal request id -> Decision
+        self.decision_counts: dict[str, int] = {}
+
+    # ---- replica set -----------------------------------------------------------------------
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        live = {r.replica_id.unique_id for r in replicas}
+        for rid in [r for r in self._fleet.ids if r not in live]:
+            self._drop(rid)
+        for r in replicas:
+            self._sync(r)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self._drop(replica_id.unique_id)
+        log.info("adapter router: replica %s died, dropped", replica_id.unique_id)
+
+    def _drop(self, rid: str) -> None:
+        self._fleet.remove(rid)
+        self._reported.pop(rid, None)
+        self._seen_v.pop(rid, None)
+        self._inflight.pop(rid, None)
+        self._expected = {k: t for k, t in self._expected.items() if k[0] != rid}
+
+    def _sync(self, r: RunningReplica) -> None:
+        rid = r.replica_id.unique_id
+        stats = r.routing_stats or {}
+        v = int(stats.get("v", 0))
+        old = self._reported.get(rid)
+        if old is not None and v and v < self._seen_v.get(rid, 0):
+            return  # a stale poll result landed after a fresher push
+        if "resident" in stats:
+            resident = frozenset(stats["resident"])
+            loading = frozenset(stats.get("loading", ()))
+        else:  # a replica without our residency reporter: Ray's multiplexed ids
+            resident, loading = frozenset(r.multiplexed_model_ids), frozenset()
+        self._seen_v[rid] = v
+        view = ReplicaView(
+            id=rid,
+            resident=resident,
+            loading=loading,
+            ongoing=self._inflight.get(rid, int(stats.get("ongoing", 0))),
+            max_ongoing=r.max_ongoing_requests,
+            slots=int(stats.get("slots", 0)),
+            victims=tuple(stats.get("victims", ())),
+        )
+        if old == view:
+            return
+        self._reported[rid] = view
+        self._fleet.upsert(self._with_expected(view))
+
+    def _with_expected(self, view: ReplicaView) -> ReplicaView:
+        now = time.monotonic()
+        extra = set()
+        for (rid, a), t in list(self._expected.items()):
+            if rid != view.id:
+                continue
+            if a in view.resident or a in view.loading or now - t > self._expect_ttl_s:
+                del self._expected[(rid, a)]  # confirmed by the replica, or expired
+            else:
+                extra.add(a)
+        if not extra:
+            return view
+        return ReplicaView(
+            view.id,
+            view.resident,
+            view.loading | extra,
+            view.ongoing,
+            view.max_ongoing,
+            view.slots,
+            view.victims,
+        )
+
+    # ---- in-flight counts (this router's own view) ------------------------------------------
+
+    def on_send_request(self, replica_id: ReplicaID) -> None:
+        super().on_send_request(replica_id)
+        self._set_inflight(replica_id.unique_id, self._inflight.get(replica_id.unique_id, 0) + 1)
+
+    def on_new_queue_len_info(self, replica_id: ReplicaID, num_ongoing_requests: int) -> None:
+        super().on_new_queue_len_info(replica_id, num_ongoing_requests)
+        self._set_inflight(replica_id.unique_id, num_ongoing_requests)
+
+    def decrement_queue_len_cache(self, replica_id: ReplicaID) -> None:
+        super().decrement_queue_len_cache(replica_id)
+        rid = replica_id.unique_id
+        self._set_inflight(rid, max(0, self._inflight.get(rid, 0) - 1))
+
+    def _set_inflight(self, rid: str, n: int) -> None:
+        if rid in self._fleet:
+            self._inflight[rid] = n
+            self._fleet.set_ongoing(rid, n)
+
+    # ---- routing ---------------------------------------------------------------------------
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        if pending_request is None:
+            return [candidate_replicas]
+        self._expire_expected()
+        mid = pending_request.metadata.multiplexed_model_id or ""
+        request = RequestView.from_model_id(mid, time.time() - pending_request.created_at)
+        decision = self._fleet.decide(request)
+        self._last[pending_request.metadata.internal_request_id] = (decision, request)
+        log.debug("adapter router: %r -> %s %s", mid, decision.kind, decision.ids)
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        return [[by_id[i]] for i in decision.ids if i in by_id]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result):
+        rid = replica_id.unique_id
+        last = self._last.pop(pending_request.metadata.internal_request_id, None)
+        if last is None:
+            return
+        decision, request = last
+        kind = decision.kinds.get(rid, "fallback")
+        self.decision_counts[kind] = self.decision_counts.get(kind, 0) + 1
+        _decision_counter().inc(tags={"deployment": self._deployment_id.name, "kind": kind})
+        if rid not in self._fleet:
+            return
+        held = self._fleet.view(rid)
+        for a in request.adapters:
+            if a not in held.resident and a not in held.loading:
+                self._expected.setdefault((rid, a), time.monotonic())
+                self._fleet.add_expected(rid, a)
+
+    def _expire_expected(self) -> None:
+        if len(self._last) > 10_000:  # requests routed without a callback (no rejection protocol)
+            self._last.clear()
+        if not self._expected:
+            return
+        now = time.monotonic()
+        stale = {k for k, t in self._expected.items() if now - t > self._expect_ttl_s}
+        for k in stale:
+            del self._expected[k]
+        for rid in {k[0] for k in stale}:
+            view = self._reported.get(rid)
+            if view is not None:
+                self._fleet.upsert(self._with_expected(view))
