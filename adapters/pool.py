@@ -305,8 +305,9 @@ class AdapterPool:
         cache.acquire(name)  # NOTE: same tick as put: not evictable while loading
         for v in victims:
             self._start_unload(v, "capacity")
-        # NOTE: unload before loading the newcomer, so engine memory never exceeds the budget.
-        await asyncio.gather(*(self._unloaded(v) for v in victims))
+        # NOTE: every unload in flight (ours, or an evict() that freed this room) finishes before
+        # the newcomer loads, so the engine never holds more than the budget.
+        await asyncio.gather(*(self._unloaded(v) for v in list(self._unloading)))
 
     def _full_message(self, name: str, size: int, why: str) -> str:
         budget = f"{self._cache.max_count} adapters"
