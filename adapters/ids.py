@@ -1,10 +1,10 @@
-"""The one id grammar: ``<base>`` or ``<base>:<adapter>``, or a bare adapter name unique across bases.
-
+"""The one id grammar: ``<base>`` or ``<base>:<adapter>``, or a bare adapter name unique across
+bases.
 ``parse`` checks syntax only; ``resolve`` maps an id onto what is actually served.
 """
 
 import re
-from collections.abc import Mapping, Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from adapters.errors import AmbiguousModelError, InvalidModelIdError, UnknownModelError

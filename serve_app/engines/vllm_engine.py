@@ -1,0 +1,179 @@
+"""vLLM's multi-LoRA engine with vLLM's own OpenAI serving layer, built the way ``vllm serve``
+builds it (same argument parser, same ``init_app_state``), so behaviour matches the plain server.
+
+Adapters are added and removed only by our pool: ``load_adapter`` registers a LoRARequest with the
+serving layer (which calls ``add_lora``), ``unload_adapter`` calls ``remove_lora`` as well, because
+vLLM's own unload only forgets the name and leaves the weights resident.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from adapters.errors import AdapterLoadError, UnknownModelError
+from serve_app.errors import EngineError, InvalidRequestError, RequestTooLargeError
+
+if TYPE_CHECKING:
+    from adapters.validate import BaseModelInfo
+
+logger = logging.getLogger(__name__)
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        *,
+        name: str,
+        model: str,
+        tokenizer: str | None = None,
+        max_loras: int = 4,
+        max_cpu_loras: int | None = None,
+        max_lora_rank: int = 16,
+        max_model_len: int | None = None,
+        dtype: str = "auto",
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.model = model
+        argv = [
+            "--model",
+            model,
+            "--served-model-name",
+            name,
+            "--enable-lora",
+            "--max-loras",
+            str(max_loras),
+            "--max-cpu-loras",
+            str(max_cpu_loras or max_loras),
+            "--max-lora-rank",
+            str(max_lora_rank),
+            "--dtype",
+            dtype,
+        ]
+        if tokenizer:
+            argv += ["--tokenizer", tokenizer]
+        if max_model_len:
+            argv += ["--max-model-len", str(max_model_len)]
+        self._argv = argv
+        self._engine_kwargs = dict(engine_kwargs or {})
+        self._stack = AsyncExitStack()
+        self._info: BaseModelInfo | None = None
+
+    async def start(self) -> None:
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(self._argv)
+        for key, value in self._engine_kwargs.items():
+            if not hasattr(args, key):
+                raise ValueError(f"unknown vLLM engine argument {key!r} in engine_kwargs")
+            setattr(args, key, value)
+        self.client = await self._stack.enter_async_context(build_async_engine_client(args))
+        state = SimpleNamespace()
+        await init_app_state(self.client, state, args, await self.client.get_supported_tasks())
+        self._models = state.openai_serving_models
+        self._completion = state.openai_serving_completion
+        self._chat = state.openai_serving_chat
+        self.max_model_len = self.client.model_config.max_model_len
+        logger.info("vLLM engine for %s started (max_model_len=%d)", self.name, self.max_model_len)
+
+    def base_info(self) -> "BaseModelInfo":
+        from serve_app.engines.text_base_info import text_base_info
+
+        if self._info is None:
+            self._info = text_base_info(self.name, self.model)
+        return self._info
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        result = await self._models.load_lora_adapter(
+            LoadLoRAAdapterRequest(lora_name=name, lora_path=path), base_model_name=self.name
+        )
+        if not isinstance(result, str):
+            raise AdapterLoadError(f"adapter '{name}': vLLM refused it: {result.error.message}")
+
+    async def unload_adapter(self, name: str) -> None:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        lora = self._models.lora_requests.get(name)
+        if lora is None:
+            return
+        await self.client.remove_lora(lora.lora_int_id)
+        await self._models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+
+    async def engine_adapters(self) -> list[str]:
+        ids = await self.client.list_loras()
+        return sorted(
+            r.lora_name for r in self._models.lora_requests.values() if r.lora_int_id in ids
+        )
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any] | AsyncIterator[str]:
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+        request = _parse(CompletionRequest, body)
+        return await _call(self._completion, self._completion.create_completion, request)
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any] | AsyncIterator[str]:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        request = _parse(ChatCompletionRequest, body)
+        return await _call(self._chat, self._chat.create_chat_completion, request)
+
+    def stats(self) -> dict[str, Any]:
+        """Adapter sets that vLLM's scheduler ran together (its lora_requests_info gauge)."""
+        from prometheus_client import REGISTRY
+
+        together: set[str] = set()
+        for metric in REGISTRY.collect():
+            if metric.name == "vllm:lora_requests_info":
+                together |= {s.labels.get("running_lora_adapters", "") for s in metric.samples}
+        return {"running_lora_adapter_sets": sorted(t for t in together if t)}
+
+    async def shutdown(self) -> None:
+        await self._stack.aclose()
+
+
+def _parse(model: type, body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        raise InvalidRequestError(f"invalid field '{field}': {err['msg']}", param=field) from None
+    except ValueError as e:  # vLLM's own validators raise plain ValueErrors
+        raise InvalidRequestError(str(e)) from None
+
+
+async def _call(serving: Any, create: Any, request: Any) -> dict[str, Any] | AsyncIterator[str]:
+    """Run one serving-layer call; vLLM's own mapping turns its client errors into responses."""
+    from vllm.exceptions import VLLMClientError
+
+    try:
+        result = await create(request, raw_request=None)
+    except (VLLMClientError, ValueError) as e:
+        result = serving.create_error_response(e)
+    return _result(result)
+
+
+def _result(result: Any) -> dict[str, Any] | AsyncIterator[str]:
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+    if isinstance(result, ErrorResponse):
+        err = result.error
+        if err.code == 404:
+            raise UnknownModelError(err.message)
+        if err.code == 400 and "maximum context length" in err.message:
+            raise RequestTooLargeError(err.message, param=err.param or "prompt")
+        if 400 <= err.code < 500:
+            raise InvalidRequestError(err.message, param=err.param)
+        raise EngineError(err.message)
+    if hasattr(result, "model_dump"):
+        return result.model_dump(mode="json", exclude_none=True)
+    return result

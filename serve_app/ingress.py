@@ -1,0 +1,255 @@
+"""The HTTP front door (FastAPI on Ray Serve): parse, validate, resolve ``model`` to a deployment
+and adapter, call its handle, stream back. The ONLY module that imports FastAPI; every
+error becomes an HTTP response here, through ``serve_app.errors.to_http``.
+"""
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+
+from adapters import ids
+from adapters.errors import AdapterExistsError, UnknownModelError
+from adapters.spec import AdapterKind, AdapterSpec
+from serve_app import errors
+from serve_app.config import AppConfig
+
+logger = logging.getLogger("serve_app.ingress")
+app = FastAPI(title="loraserve", description="OpenAI-compatible multi-LoRA serving on Ray Serve")
+
+
+@app.exception_handler(Exception)
+async def _any_error(_: Request, exc: Exception) -> JSONResponse:
+    return _error(exc)
+
+
+def _error(exc: BaseException) -> JSONResponse:
+    exc = getattr(exc, "cause", None) or exc  # unwrap RayTaskError from a deployment
+    status, body = errors.to_http(exc)
+    if status >= 500:
+        logger.error("request failed: %r", exc)
+    return JSONResponse(body, status_code=status)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, cfg: dict, llms: dict, images: dict, registry: Any) -> None:
+        self.cfg = AppConfig.model_validate(cfg)
+        self.llms, self.images, self.registry = llms, images, registry
+        self.image_cfgs = {c.name: c for c in self.cfg.image}
+        self.catalog: dict[str, Any] = {"version": 0, "bases": {}}
+        self._refresh_lock = asyncio.Lock()
+
+    # ---- catalogue -------------------------------------------------------------------------
+
+    async def _refresh(self, force: bool = False) -> dict[str, Any]:
+        """Re-read the registry when it changed (polled per request: one tiny versioned call)."""
+        async with self._refresh_lock:
+            snap = await self.registry.snapshot.remote(0 if force else self.catalog["version"])
+            if snap is not None:
+                self.catalog = snap
+        return self.catalog["bases"]
+
+    async def _resolve(self, model: Any, kind: str) -> tuple[str, AdapterSpec | None]:
+        bases = await self._refresh()
+        if not isinstance(model, str):
+            raise errors.InvalidRequestError("'model' must be a string", param="model")
+        mid = ids.resolve(model, {b: v["adapters"].keys() for b, v in bases.items()})
+        if bases[mid.base]["kind"] != kind:
+            route = "/v1/images/generations" if kind == "text" else "/v1/completions"
+            raise errors.InvalidRequestError(
+                f"model '{mid.base}' is not a {kind} model; use {route}", param="model"
+            )
+        spec = bases[mid.base]["adapters"][mid.adapter] if mid.adapter else None
+        return mid.base, AdapterSpec.model_validate(spec) if spec else None
+
+    # ---- OpenAI API ------------------------------------------------------------------------
+
+    @app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        bases = await self._refresh()
+        data = []
+        for base, b in bases.items():
+            data.append(_card(base, None, b["root"]))
+            data += [_card(f"{base}:{n}", base, s["source"]) for n, s in b["adapters"].items()]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._text("completions", request)
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Response:
+        return await self._text("chat", request)
+
+    async def _text(self, kind: str, request: Request) -> Response:
+        body = await self._json(request)
+        base, spec = await self._resolve(body.get("model"), "text")
+        handle = self.llms[base].options(
+            stream=True, multiplexed_model_id=spec.name if spec else ""
+        )
+        gen = handle.generate.remote(kind, body, spec.model_dump(mode="json") if spec else None)
+        first = await gen.__anext__()  # raises the deployment's error before any byte is sent
+        if first is not None:
+            return JSONResponse(first)
+        return StreamingResponse(_sse(gen), media_type="text/event-stream")
+
+    @app.post("/v1/images/generations")
+    async def images(self, request: Request) -> Response:
+        from serve_app.image_api import adapter_mix, parse_image_request
+
+        body = await self._json(request)
+        base, spec = await self._resolve(body.get("model") or self._default_image(), "image")
+        req = _validated(lambda: parse_image_request(body, self.image_cfgs[base]))
+        adapters = self.catalog["bases"][base]["adapters"]
+        mix = []
+        for name, weight in adapter_mix(req, spec.name if spec else None):
+            if name not in adapters:
+                raise UnknownModelError(f"The model '{base}:{name}' does not exist.")
+            mix.append({"spec": adapters[name], "weight": weight})
+        mid = ",".join(sorted(m["spec"]["name"] for m in mix))
+        handle = self.images[base].options(multiplexed_model_id=mid)
+        return JSONResponse(await handle.generate.remote(req.model_dump(mode="json"), mix))
+
+    def _default_image(self) -> str:
+        if len(self.image_cfgs) == 1:
+            return next(iter(self.image_cfgs))
+        raise errors.InvalidRequestError("'model' is required", param="model")
+
+    # ---- admin API -------------------------------------------------------------------------
+
+    @app.get("/v1/adapters")
+    async def list_adapters(self, request: Request) -> dict[str, Any]:
+        self._admin(request)
+        bases = await self._refresh()
+        replicas = await self._replica_states()
+        data = []
+        for base, b in bases.items():
+            for name, s in b["adapters"].items():
+                states = {r: st.get(name, "not_loaded") for r, st in replicas.get(base, {}).items()}
+                data.append({**s, "id": f"{base}:{name}", "replicas": states})
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/adapters", status_code=201)
+    async def register_adapter(self, request: Request) -> JSONResponse:
+        self._admin(request)
+        body = await self._json(request)
+        bases = await self._refresh()
+        base = body.get("base")
+        if base not in bases:
+            raise UnknownModelError(f"The model '{base}' does not exist (field 'base').")
+        kind = AdapterKind(bases[base]["kind"])
+        spec = _validated(lambda: AdapterSpec.model_validate({"kind": kind, **body}))
+        if spec.name in bases[base]["adapters"]:
+            raise AdapterExistsError(f"adapter '{base}:{spec.name}' is already registered")
+        deployment = self.llms.get(base) or self.images[base]
+        checked = await deployment.validate_adapter.remote(spec.model_dump(mode="json"))
+        await self.registry.add.remote(checked)
+        await self._refresh(force=True)
+        return JSONResponse({**checked, "id": f"{base}:{spec.name}"}, status_code=201)
+
+    @app.delete("/v1/adapters/{name}")
+    async def delete_adapter(self, name: str, request: Request) -> dict[str, Any]:
+        self._admin(request)
+        base, spec = await self._admin_target(name)
+        await self.registry.remove.remote(base, spec.name)
+        await self._refresh(force=True)
+        return {"id": f"{base}:{spec.name}", "object": "adapter", "deleted": True}
+
+    @app.post("/v1/adapters/{name}/pin")
+    async def pin_adapter(self, name: str, request: Request) -> dict[str, Any]:
+        return await self._set_pin(name, request, True)
+
+    @app.post("/v1/adapters/{name}/unpin")
+    async def unpin_adapter(self, name: str, request: Request) -> dict[str, Any]:
+        return await self._set_pin(name, request, False)
+
+    async def _set_pin(self, name: str, request: Request, pinned: bool) -> dict[str, Any]:
+        self._admin(request)
+        base, spec = await self._admin_target(name)
+        await self.registry.set_pinned.remote(base, spec.name, pinned)
+        await self._refresh(force=True)
+        return {"id": f"{base}:{spec.name}", "object": "adapter", "pinned": pinned}
+
+    async def _admin_target(self, name: str) -> tuple[str, AdapterSpec]:
+        bases = await self._refresh()
+        mid = ids.resolve(name, {b: v["adapters"].keys() for b, v in bases.items()})
+        if mid.adapter is None:
+            raise errors.InvalidRequestError(f"'{name}' is a base model, not an adapter")
+        return mid.base, AdapterSpec.model_validate(bases[mid.base]["adapters"][mid.adapter])
+
+    async def _replica_states(self) -> dict[str, dict[str, dict[str, str]]]:
+        """Per base, per replica: adapter states, from one replica each (best effort)."""
+        out: dict[str, dict[str, dict[str, str]]] = {}
+        for base, handle in {**self.llms, **self.images}.items():
+            try:
+                snap = await asyncio.wait_for(handle.adapter_snapshot.remote(), 5)
+            except Exception:  # a busy or restarting replica must not break the listing
+                continue
+            out[base] = {snap.get("replica", "?"): snap.get("states", {})}
+        return out
+
+    def _admin(self, request: Request) -> None:
+        token = self.cfg.admin_token
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+            raise errors.UnauthorizedError(
+                "admin API: missing or wrong bearer token"
+                if token
+                else "admin API is disabled: set admin_token (or LORASERVE_ADMIN_TOKEN)"
+            )
+
+    async def _json(self, request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > self.cfg.max_request_bytes:
+            raise errors.BodyTooLargeError(
+                f"request body is {len(raw)} bytes; the limit is {self.cfg.max_request_bytes}"
+            )
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise errors.InvalidRequestError(f"request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise errors.InvalidRequestError("request body must be a JSON object")
+        return body
+
+
+def _card(model_id: str, parent: str | None, root: str) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "loraserve",
+        "parent": parent,
+        "root": root,
+    }
+
+
+def _validated(build: Any) -> Any:
+    try:
+        return build()
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        raise errors.InvalidRequestError(
+            f"invalid field '{field}': {err['msg']}", param=field
+        ) from None
+
+
+async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:
+    try:
+        async for chunk in gen:
+            yield chunk
+    except Exception as exc:  # after the status line: report in-band, as OpenAI streams do
+        status, body = errors.to_http(getattr(exc, "cause", None) or exc)
+        logger.error("stream failed: %r", exc)
+        yield f"data: {json.dumps(body)}\n\n"

@@ -1,0 +1,31 @@
+"""What ``make run`` prints before the server starts: how to call the demo."""
+
+from serve_app import env
+
+URL = "http://127.0.0.1:8000"
+
+
+def main() -> None:
+    token = env.admin_token() or "<set LORASERVE_ADMIN_TOKEN>"
+    print(
+        f"""
+loraserve demo: starting on {URL} (first start takes a minute: engines load)
+
+  curl {URL}/v1/models
+  curl {URL}/v1/completions -H 'Content-Type: application/json' \\
+       -d '{{"model": "tiny-llama:sql", "prompt": "Hello", "max_tokens": 16, "temperature": 0}}'
+  curl -N {URL}/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{{"model": "poet", "messages": [{{"role": "user", "content": "hi"}}], "stream": true}}'
+  curl {URL}/v1/images/generations -H 'Content-Type: application/json' \\
+       -d '{{"model": "tiny-sd:style3d", "prompt": "a cat", "size": "32x32", "seed": 1}}'
+  curl {URL}/v1/adapters -H 'Authorization: Bearer {token}'
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{URL}/v1', api_key='x'); \\
+print(c.completions.create(model='tiny-llama:chef', prompt='Hello', max_tokens=16).choices[0].text)"
+""",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
