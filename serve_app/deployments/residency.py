@@ -10,7 +10,7 @@ A deployment that owns an ``adapters.pool.AdapterPool`` wires one ``ResidencyRep
         return self.residency.record_routing_stats()  # request_routing_stats_period_s
 
     async def __call__(self, ...):
-        with self.residency.request():              # counts ongoing requests (optional)
+        with self.residency.request(spec.name):     # ongoing count + last use (victims)
             async with self.pool.use(spec): ...
 
 What it does:
@@ -49,13 +49,19 @@ class _Pool(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
 
 
-def routing_stats(pool_snapshot: dict[str, Any], *, ongoing: int | None = None) -> dict[str, Any]:
+def routing_stats(
+    pool_snapshot: dict[str, Any],
+    *,
+    ongoing: int | None = None,
+    last_used: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """The dict a replica returns from ``record_routing_stats`` (read by our router).
 
     Keys: ``v`` (a per-process sequence number: routers ignore a report older than one already
     seen, because Serve's periodic poll can land after a fresher push), ``resident``,
-    ``loading``, ``slots`` (working-set capacity), ``victims`` (next eviction candidates, oldest
-    first, when the snapshot has ``eviction_order``), ``ongoing`` (when given).
+    ``loading``, ``slots`` (working-set capacity), ``victims`` (the next two eviction candidates
+    as ``[name, last used unix s]``: the snapshot's ``eviction_order`` when it has one, else the
+    resident adapters least recently used first), ``ongoing`` (when given).
     """
     stats: dict[str, Any] = {
         "v": next(_seq),
@@ -64,9 +70,11 @@ def routing_stats(pool_snapshot: dict[str, Any], *, ongoing: int | None = None) 
         "loading": list(pool_snapshot.get("loading", [])),
         "slots": int(pool_snapshot.get("capacity") or 0),
     }
+    used = last_used or {}
     order = pool_snapshot.get("eviction_order")
-    if order:
-        stats["victims"] = list(order[:2])
+    if order is None:
+        order = sorted(stats["resident"], key=lambda a: used.get(a, 0.0))
+    stats["victims"] = [[a, used.get(a, 0.0)] for a in order[:2]]
     if ongoing is not None:
         stats["ongoing"] = int(ongoing)
     return stats
@@ -84,6 +92,7 @@ class ResidencyReporter:
         self.ongoing = 0
         self.loads = 0
         self.evictions = 0
+        self.last_used: dict[str, float] = {}
         self._scheduled = False
         self._replica_id = None
         self._loads_metric = self._evictions_metric = None
@@ -117,11 +126,14 @@ class ResidencyReporter:
     def record_routing_stats(self) -> dict[str, Any]:
         """Return value for the deployment's ``record_routing_stats`` method."""
         snap = self._pool.snapshot() if self._pool is not None else {}
-        return routing_stats(snap, ongoing=self.ongoing)
+        return routing_stats(snap, ongoing=self.ongoing, last_used=self.last_used)
 
     @contextmanager
-    def request(self) -> Iterator[None]:
-        """Count one ongoing request (reported as ``ongoing`` in the routing stats)."""
+    def request(self, *adapters: str) -> Iterator[None]:
+        """Count one ongoing request using ``adapters`` (their last use feeds ``victims``)."""
+        now = time.time()
+        for a in adapters:
+            self.last_used[a] = now
         self.ongoing += 1
         try:
             yield
@@ -131,6 +143,8 @@ class ResidencyReporter:
     def on_pool_event(self, name: str, state: Any, info: dict[str, Any]) -> None:
         """``AdapterPool(on_event=...)`` callback: count, and publish residency changes."""
         value = getattr(state, "value", state)
+        if value in ("evicted", "failed"):
+            self.last_used.pop(name, None)
         if value == "ready":
             self.loads += 1
             if self._loads_metric is not None:

@@ -25,22 +25,28 @@ order). A request naming several adapters (an image mix) prefers replicas holdin
 set (most held first, then least loaded), then cold-places the whole set by the rendezvous score
 of its joined key, so the same mix keeps going to the same replica.
 
-Eviction awareness: replicas publish their working set; cold placement prefers free slots, and
-a spill only lands on lightly loaded replicas, so a hot adapter's only copy is not the usual
-victim of a burst of one-off adapters (replicas that report ``victims`` whose only copy they
-hold rank after those that would evict a duplicated or idle adapter).
+Eviction awareness: a placement (cold or spill) evicts something unless the replica has a free
+slot, so among eligible replicas the score is, in order: load below ``spill_to``; a free slot;
+how rarely the replica's next eviction victim (``victims``) is requested (aged counts this router
+keeps, see ``observe``; bucketed by powers of two); how long ago that victim was last used
+(bucketed by powers of two of milliseconds); then the rendezvous hash. Evicting the globally
+least valuable adapter makes the fleet behave like one big frequency-aware cache. An adapter just
+placed on a replica uses up its free slot or its first victim, so a burst of different cold
+adapters spreads instead of piling on one replica.
 
 Knobs (``Knobs``):
 - ``spill_at`` (1.0): load at which a holder counts as busy. 1.0 = only when full.
 - ``spill_to`` (0.5): a spill target must be below this load, so spilling relieves a hot adapter
   rather than moving the queue.
-- ``spill_after_s`` (0.0): a request spills only after waiting this long for a busy holder
+- ``spill_after_s`` (0.05): a request spills only after waiting this long for a busy holder
   (waiting one service time is often cheaper than loading the adapter elsewhere).
 - ``place_below`` (1.0): a cold adapter is placed only on replicas below this load.
 - ``max_wait_s`` (1.0): after waiting this long, a request also accepts the least loaded replicas.
 - ``max_candidates`` (3): length of the preference list before fallbacks (Ray tries them in
   order, each asked for room, and backs off when all refuse).
 - ``fallbacks`` (2): least loaded replicas appended once ``max_wait_s`` has passed.
+- ``decay_every`` (0 = 10 x the fleet's adapter slots): request counts used to value victims
+  halve after this many requests, so yesterday's hot adapter stops looking valuable.
 
 Cost: ``Fleet`` keeps per-replica numpy arrays and an adapter -> holders index, updated
 incrementally; one ranking is a few vector operations over the replicas (tens of microseconds
@@ -50,6 +56,7 @@ at 1,000 replicas), never a sort of the fleet.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -65,11 +72,12 @@ class Knobs:
 
     spill_at: float = 1.0
     spill_to: float = 0.5
-    spill_after_s: float = 0.0
+    spill_after_s: float = 0.05
     place_below: float = 1.0
     max_wait_s: float = 1.0
     max_candidates: int = 3
     fallbacks: int = 2
+    decay_every: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +86,8 @@ class ReplicaView:
 
     ``resident``/``loading``: adapters ready / being loaded. ``ongoing``: requests in flight.
     ``max_ongoing``: the most requests it accepts. ``slots``: adapters its working set holds
-    (0 = unknown). ``victims``: adapters it would evict first (optional, oldest first).
+    (0 = unknown). ``victims``: ``(adapter, last used, unix s)`` it would evict first, first
+    victim first (optional).
     """
 
     id: str
@@ -87,7 +96,7 @@ class ReplicaView:
     ongoing: int = 0
     max_ongoing: int = 1
     slots: int = 0
-    victims: tuple[str, ...] = ()
+    victims: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +105,12 @@ class RequestView:
 
     adapters: tuple[str, ...] = ()
     waited_s: float = 0.0
+    now: float = 0.0  # unix seconds (0: the wall clock); simulators pass their own clock
 
     @classmethod
-    def from_model_id(cls, model_id: str, waited_s: float = 0.0) -> RequestView:
+    def from_model_id(cls, model_id: str, waited_s: float = 0.0, now: float = 0.0) -> RequestView:
         """``""`` -> base; ``"a"`` -> one adapter; ``"a,b"`` -> a mix (sorted by the caller)."""
-        return cls(tuple(a for a in model_id.split(",") if a), waited_s)
+        return cls(tuple(a for a in model_id.split(",") if a), waited_s, now)
 
     @property
     def key(self) -> str:
@@ -117,7 +127,15 @@ class Decision:
     kinds: dict[str, Kind] = field(default_factory=dict)
 
 
-_M64 = (1 << 64) - 1
+def with_placed(view: ReplicaView, adapters: set[str]) -> ReplicaView:
+    """``view`` after ``adapters`` were sent there: loading, using up free slots, then victims."""
+    new = adapters - view.resident - view.loading
+    if not new:
+        return view
+    free = max(0, view.slots - len(view.resident | view.loading)) if view.slots else len(new)
+    return replace(
+        view, loading=view.loading | new, victims=view.victims[max(0, len(new) - free) :]
+    )
 
 
 def key_hash(key: str) -> int:
@@ -160,7 +178,12 @@ class Fleet:
         self._ongoing = np.zeros(0)
         self._cap = np.ones(0)
         self._free_slot = np.zeros(0, dtype=bool)
-        self._sole_victim = np.zeros(0, dtype=bool)
+        self._victim_t = np.zeros(0)
+        # Aged request counts per adapter (observe), and the count of each replica's first victim.
+        self._freq: dict[str, float] = {}
+        self._observed = 0
+        self._victim_of: dict[str, set[int]] = {}
+        self._victim_f = np.zeros(0)
         self._tiebreak = np.zeros(0)
         self._hash_cache: dict[str, int] = {}
 
@@ -212,13 +235,14 @@ class Fleet:
         self._ongoing[i] = view.ongoing
         self._cap[i] = max(1, view.max_ongoing)
         self._free_slot[i] = view.slots > 0 and len(view.resident | view.loading) < view.slots
-        self._sole_victim[i] = self._evicts_sole_copy(i)
+        self._victim_t[i] = view.victims[0][1] if view.victims else np.nan
+        self._set_victim(i, old.victims[0][0] if old.victims else None)
 
     def add_expected(self, replica_id: str, adapter: str) -> None:
         """Record that ``adapter`` was just sent to ``replica_id`` (counts as loading there)."""
         v = self._views.get(replica_id)
         if v is not None and adapter not in v.resident and adapter not in v.loading:
-            self.upsert(replace(v, loading=v.loading | {adapter}))
+            self.upsert(with_placed(v, {adapter}))
 
     def remove(self, replica_id: str) -> None:
         if self._views.pop(replica_id, None) is not None:
@@ -247,14 +271,11 @@ class Fleet:
         )
         # Fixed random tie-break (seeded by the ids, so every router agrees).
         self._tiebreak = (self._seeds >> np.uint64(11)).astype(np.float64) / float(1 << 53) * 1e-6
-        self._sole_victim = np.array(
-            [self._evicts_sole_copy(i) for i in range(len(views))], dtype=bool
-        )
-
-    def _evicts_sole_copy(self, i: int) -> bool:
-        # NOTE: refreshed when replica i reports (not when others change): a cheap approximation.
-        vs = self._views[self._ids[i]].victims
-        return bool(vs) and not self._free_slot[i] and len(self._holders.get(vs[0], ())) == 1
+        self._victim_t = np.array([v.victims[0][1] if v.victims else np.nan for v in views])
+        self._victim_of = {}
+        self._victim_f = np.zeros(len(views))
+        for i in range(len(views)):
+            self._set_victim(i, None)
 
     # ---- ranking -------------------------------------------------------------------------
 
@@ -266,12 +287,41 @@ class Fleet:
             h = self._hash_cache[key] = key_hash(key)
         return h
 
+    def _set_victim(self, i: int, old: str | None) -> None:
+        if old is not None and old in self._victim_of:
+            self._victim_of[old].discard(i)
+        vs = self._views[self._ids[i]].victims
+        if vs:
+            self._victim_of.setdefault(vs[0][0], set()).add(i)
+            self._victim_f[i] = self._freq.get(vs[0][0], 0.0)
+        else:
+            self._victim_f[i] = 0.0
+
+    def observe(self, request: RequestView) -> None:
+        """Count one request (once per request, not per ranking) for frequency-aware placement.
+
+        Counts halve every ``knobs.decay_every`` requests (default: 10 x the fleet's slots).
+        """
+        for a in request.adapters:
+            f = self._freq[a] = self._freq.get(a, 0.0) + 1.0
+            for i in self._victim_of.get(a, ()):
+                self._victim_f[i] = f
+        self._observed += 1
+        every = self.knobs.decay_every or max(
+            100, 10 * int(sum(v.slots for v in self._views.values()))
+        )
+        if self._observed >= every:
+            self._observed = 0
+            self._freq = {a: f / 2 for a, f in self._freq.items() if f >= 1.0}
+            self._victim_f /= 2
+
     def decide(self, request: RequestView) -> Decision:
         """Rank replicas for ``request``; see the module docstring."""
         k = self.knobs
         if not self._ids:
             return Decision("fallback", [])
         load = self._ongoing / self._cap
+        now = request.now or time.time()
         if not request.adapters:
             ids = self._least_loaded(load, k.max_candidates, exclude=())
             return Decision("base", ids, dict.fromkeys(ids, "base"))
@@ -291,7 +341,7 @@ class Fleet:
                 # Every holder is busy: a hot adapter. Add one more replica.
                 mask = load < k.spill_to
                 mask[list(held)] = False
-                t = self._best_score(request.key, mask)
+                t = self._best_score(request.key, mask, now, load)
                 if t is not None and request.waited_s >= k.spill_after_s:
                     out.append(t)
                     kinds[t] = "spill"
@@ -301,7 +351,7 @@ class Fleet:
                     kinds[i] = "hit" if held[i] == need else "cold"
         if not out:
             mask = load < k.place_below
-            t = self._best_score(request.key, mask, prefer_free=True)
+            t = self._best_score(request.key, mask, now, load)
             if t is None:  # all busy: wait for the rendezvous home
                 t = self._best_score(request.key, np.ones(len(self._ids), dtype=bool))
             out.append(t)
@@ -325,14 +375,22 @@ class Fleet:
                 counts[i] = counts.get(i, 0) + 1
         return counts
 
-    def _best_score(self, key: str, mask: np.ndarray, prefer_free: bool = False) -> int | None:
+    def _best_score(
+        self, key: str, mask: np.ndarray, now: float = 0.0, load: np.ndarray | None = None
+    ) -> int | None:
+        evicting = load is not None
         if not mask.any():
             return None
-        # Score tiers in the top bits: free slot > not evicting a sole copy > rest; then the hash.
-        score = _mix(self._seeds, self._hash(key)) >> np.uint64(2)
-        if prefer_free:
-            score = score | (self._free_slot.astype(np.uint64) << np.uint64(63))
-            score = score | ((~self._sole_victim).astype(np.uint64) << np.uint64(62))
+        # Score tiers in the top bits: lightly loaded (bit 63), free slot (62), rarely requested
+        # victim (57-61), victim idle time (52-56), then the hash.
+        score = _mix(self._seeds, self._hash(key)) >> np.uint64(12)
+        if evicting:
+            idle_ms = np.nan_to_num((now - self._victim_t) * 1000.0, nan=0.0)
+            idle = np.clip(np.log2(1.0 + np.maximum(idle_ms, 0.0)), 0, 31).astype(np.uint64)
+            rare = 31 - np.clip(np.log2(1.0 + self._victim_f), 0, 31).astype(np.uint64)
+            score = score | (idle << np.uint64(52)) | (rare << np.uint64(57))
+            score = score | (self._free_slot.astype(np.uint64) << np.uint64(62))
+            score = score | ((load < self.knobs.spill_to).astype(np.uint64) << np.uint64(63))
         score = np.where(mask, score, np.uint64(0))
         i = int(np.argmax(score))
         return i if mask[i] else None

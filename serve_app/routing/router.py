@@ -22,7 +22,7 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 from ray.util import metrics
 
-from serve_app.routing.policy import Fleet, Knobs, ReplicaView, RequestView
+from serve_app.routing.policy import Fleet, Knobs, ReplicaView, RequestView, with_placed
 
 log = logging.getLogger("ray.serve")
 
@@ -120,7 +120,7 @@ class AdapterAwareRouter(RequestRouter):
             ongoing=self._inflight.get(rid, int(stats.get("ongoing", 0))),
             max_ongoing=r.max_ongoing_requests,
             slots=int(stats.get("slots", 0)),
-            victims=tuple(stats.get("victims", ())),
+            victims=tuple((str(a), float(t)) for a, t in stats.get("victims", ())),
         )
         if old == view:
             return
@@ -137,17 +137,7 @@ class AdapterAwareRouter(RequestRouter):
                 del self._expected[(rid, a)]  # confirmed by the replica, or expired
             else:
                 extra.add(a)
-        if not extra:
-            return view
-        return ReplicaView(
-            view.id,
-            view.resident,
-            view.loading | extra,
-            view.ongoing,
-            view.max_ongoing,
-            view.slots,
-            view.victims,
-        )
+        return with_placed(view, extra)
 
     # ---- in-flight counts (this router's own view) ------------------------------------------
 
@@ -193,6 +183,7 @@ class AdapterAwareRouter(RequestRouter):
         if last is None:
             return
         decision, request = last
+        self._fleet.observe(request)
         kind = decision.kinds.get(rid, "fallback")
         self.decision_counts[kind] = self.decision_counts.get(kind, 0) + 1
         _decision_counter().inc(tags={"deployment": self._deployment_id.name, "kind": kind})
