@@ -1,0 +1,326 @@
+"""The image engine: one Diffusers pipeline holding several named LoRAs.
+
+A pipeline's active adapters are pipeline-global state, so every "activate this adapter set, run"
+and every load/unload happens under ONE asyncio lock, on ONE worker thread (the event loop stays
+free). Requests that share an adapter set and call parameters and arrive while the pipeline is
+busy are run together as one batched pipeline call, each image with its own seeded generator, so
+an image does not depend on what it was batched with (checked by the tests on CPU).
+No Ray Serve, no FastAPI.
+"""
+
+import asyncio
+import io
+import logging
+import random
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+from adapters.errors import AdapterLoadError, InvalidAdapterError
+from serve_app.errors import EngineError
+
+log = logging.getLogger("serve_app.diffusers_engine")
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class CallKey:
+    """What must be equal for two requests to share one pipeline call."""
+
+    adapters: tuple[tuple[str, float], ...]
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    negative: bool  # NOTE: None and "" differ for SDXL (zeroed vs encoded empty prompt)
+
+
+@dataclass
+class _Job:
+    prompt: str
+    negative_prompt: str | None
+    seeds: list[int]
+    future: asyncio.Future = field(repr=False)
+
+
+class DiffusersEngine:
+    """``start()``, then ``load_lora`` / ``unload_lora`` / ``generate`` (see the module doc)."""
+
+    def __init__(
+        self, model: str, dtype: str = "float32", device: str | None = None, max_batch: int = 8
+    ) -> None:
+        self.model, self.dtype, self.max_batch = model, _DTYPES[dtype], max_batch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.pipe: Any = None
+        self._lock = asyncio.Lock()  # NOTE: guards the pipeline's adapter state and every call
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusers")
+        self._pending: dict[CallKey, list[_Job]] = defaultdict(list)
+        self.counters = {"calls": 0, "images": 0, "batched_requests": 0, "max_batch": 0}
+
+    async def start(self) -> None:
+        self.pipe = await self._run(self._load_pipeline)
+
+    def _load_pipeline(self) -> Any:
+        started = time.monotonic()
+        pipe = DiffusionPipeline.from_pretrained(self.model, dtype=self.dtype)
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        log.info(
+            "pipeline %s (%s) on %s in %.1fs",
+            self.model,
+            type(pipe).__name__,
+            self.device,
+            time.monotonic() - started,
+        )
+        return pipe
+
+    def default_size(self) -> int:
+        """The pipeline's native image size (UNet sample size x VAE scale)."""
+        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+
+    # -- adapters ---------------------------------------------------------------------------------
+
+    async def load_lora(self, name: str, path: str | Path, weight_name: str | None) -> dict:
+        """Load a Diffusers/PEFT or Kohya/A1111 LoRA file as adapter ``name``.
+
+        Returns ``{"rank": int, "bytes": int}`` (resident weight bytes). A LoRA that does not fit
+        this pipeline raises InvalidAdapterError and leaves nothing of itself behind.
+        """
+        async with self._lock:
+            return await self._run(self._load_lora, name, str(path), weight_name)
+
+    async def unload_lora(self, name: str) -> int:
+        """Delete adapter ``name`` from every component; returns the bytes it held."""
+        async with self._lock:
+            return await self._run(self._unload_lora, name)
+
+    async def check_lora(self, path: str | Path, weight_name: str | None) -> dict:
+        """Load into the pipeline under a scratch name and delete again: does this LoRA fit?"""
+        async with self._lock:
+            scratch = f"_check_{random.getrandbits(32):08x}"
+            try:
+                return await self._run(self._load_lora, scratch, str(path), weight_name)
+            finally:
+                await self._run(self._unload_lora, scratch)
+
+    def engine_adapters(self) -> list[str]:
+        """Adapter names the pipeline itself holds (its own view)."""
+        return sorted({n for names in self.pipe.get_list_adapters().values() for n in names})
+
+    def adapter_bytes(self, name: str) -> int:
+        """Bytes of LoRA parameters adapter ``name`` holds in the pipeline (0 if none)."""
+        total = 0
+        for model in self._models():
+            for pname, p in model.named_parameters():
+                if f".{name}." in pname and ".lora_" in pname:
+                    total += p.numel() * p.element_size()
+        return total
+
+    def _load_lora(self, name: str, path: str, weight_name: str | None) -> dict:
+        catcher = _UnhandledKeys()
+        logging.getLogger("diffusers.utils.peft_utils").addHandler(catcher)
+        try:
+            self.pipe.load_lora_weights(path, weight_name=weight_name, adapter_name=name)
+        except Exception as e:
+            self._purge(name)
+            raise _load_error(name, e) from e
+        finally:
+            logging.getLogger("diffusers.utils.peft_utils").removeHandler(catcher)
+        if catcher.messages or name not in self.engine_adapters():
+            self._purge(name)
+            detail = catcher.messages[0][:300] if catcher.messages else "no tensor matches a layer"
+            raise InvalidAdapterError(
+                f"adapter '{name}' does not fit this pipeline (made for another base model?): "
+                f"{detail}"
+            )
+        ranks = [
+            cfg.r
+            for m in self._models()
+            for n, cfg in getattr(m, "peft_config", {}).items()
+            if n == name
+        ]
+        info = {"rank": max(ranks, default=0), "bytes": self.adapter_bytes(name)}
+        log.info("adapter %s: loaded into pipeline (%s)", name, info)
+        return info
+
+    def _unload_lora(self, name: str) -> int:
+        freed = self.adapter_bytes(name)
+        if name in self.engine_adapters():
+            self.pipe.delete_adapters([name])
+        self._purge(name)
+        log.info("adapter %s: deleted from pipeline, %d bytes freed", name, freed)
+        return freed
+
+    def _purge(self, name: str) -> None:
+        """Remove every trace of ``name`` (a failed load can leave layers in some components)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for model in self._models():
+            for module in model.modules():
+                if isinstance(module, BaseTunerLayer) and name in getattr(module, "lora_A", {}):
+                    module.delete_adapter(name)
+            getattr(model, "peft_config", {}).pop(name, None)
+
+    def _models(self) -> list[torch.nn.Module]:
+        return [
+            m
+            for c in self.pipe._lora_loadable_modules
+            if isinstance(m := getattr(self.pipe, c, None), torch.nn.Module)
+        ]
+
+    # -- generation -------------------------------------------------------------------------------
+
+    async def generate(
+        self,
+        prompt: str,
+        adapters: list[tuple[str, float]],
+        *,
+        n: int = 1,
+        width: int,
+        height: int,
+        steps: int,
+        guidance_scale: float,
+        negative_prompt: str | None = None,
+        seed: int | None = None,
+    ) -> list[bytes]:
+        """PNG images for ``prompt`` with the weighted adapter mix (empty = base model).
+
+        Image ``i`` uses seed ``seed + i`` (random when ``seed`` is None): same seed, same bytes.
+        The adapters must stay loaded until this returns (the caller holds them in its pool).
+        """
+        if seed is None:
+            seed = random.SystemRandom().randrange(_MAX_SEED - n)
+        key = CallKey(
+            tuple(adapters),
+            width,
+            height,
+            steps,
+            float(guidance_scale),
+            negative_prompt is not None,
+        )
+        job = _Job(prompt, negative_prompt, [seed + i for i in range(n)], asyncio.Future())
+        self._pending[key].append(job)
+        try:
+            # NOTE: whoever gets the lock first runs every job queued under its key (up to
+            # max_batch images), so requests that arrive while the pipeline is busy are batched;
+            # later waiters find theirs done. The batch runs as its own task: if this request is
+            # cancelled, the others in the batch still get their images.
+            while not job.future.done():
+                async with self._lock:
+                    if not job.future.done():
+                        batch = self._take(key)
+                        await asyncio.shield(asyncio.ensure_future(self._run_batch(key, batch)))
+            return job.future.result()
+        finally:
+            if not job.future.done():  # cancelled while queued: never run it
+                queue = self._pending.get(key, [])
+                if job in queue:
+                    queue.remove(job)
+
+    def _take(self, key: CallKey) -> list[_Job]:
+        queue = self._pending[key]
+        batch, images = [], 0
+        while queue and (not batch or images + len(queue[0].seeds) <= self.max_batch):
+            job = queue.pop(0)
+            batch.append(job)
+            images += len(job.seeds)
+        if not queue:
+            self._pending.pop(key, None)
+        return batch
+
+    async def _run_batch(self, key: CallKey, batch: list[_Job]) -> None:
+        try:
+            results = await self._run(self._call, key, batch)
+        except Exception as e:
+            log.exception("pipeline call failed")
+            err = e if isinstance(e, EngineError) else EngineError(f"{type(e).__name__}: {e}")
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(err)
+            return
+        for job, pngs in zip(batch, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(pngs)
+
+    def _call(self, key: CallKey, batch: list[_Job]) -> list[list[bytes]]:
+        self._activate(key.adapters)
+        prompts = [j.prompt for j in batch for _ in j.seeds]
+        negatives = [j.negative_prompt or "" for j in batch for _ in j.seeds]
+        generators = [torch.Generator("cpu").manual_seed(s) for j in batch for s in j.seeds]
+        out = self.pipe(
+            prompt=prompts,
+            negative_prompt=negatives if key.negative else None,
+            width=key.width,
+            height=key.height,
+            num_inference_steps=key.steps,
+            guidance_scale=key.guidance_scale,
+            generator=generators,
+            output_type="pil",
+        )
+        pngs = iter(_png(img) for img in out.images)
+        self.counters["calls"] += 1
+        self.counters["images"] += len(prompts)
+        self.counters["batched_requests"] += len(batch) if len(batch) > 1 else 0
+        self.counters["max_batch"] = max(self.counters["max_batch"], len(batch))
+        return [[next(pngs) for _ in j.seeds] for j in batch]
+
+    def _activate(self, adapters: tuple[tuple[str, float], ...]) -> None:
+        if not adapters:
+            if self.engine_adapters():
+                self.pipe.disable_lora()
+            return
+        names, weights = zip(*adapters, strict=True)
+        self.pipe.set_adapters(list(names), adapter_weights=list(weights))
+        # NOTE: set_adapters does not undo an earlier disable_lora(); without this the request
+        # would silently get the base model.
+        self.pipe.enable_lora()
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counters, "device": self.device, "pipeline": type(self.pipe).__name__}
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def shutdown(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+class _UnhandledKeys(logging.Handler):
+    """Collects Diffusers' "unexpected/missing keys" warnings: tensors that did not load."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if "unexpected keys" in msg or "missing keys" in msg:
+            self.messages.append(msg)
+
+
+def _load_error(name: str, e: Exception) -> Exception:
+    text = str(e).strip().splitlines()
+    first = " ".join(text[:3])[:400] if text else type(e).__name__
+    if isinstance(e, (RuntimeError, ValueError, KeyError)) and (
+        "size mismatch" in first or "shape" in first or "not found" in first or "keys" in first
+    ):
+        return InvalidAdapterError(
+            f"adapter '{name}' does not fit this pipeline (made for another base model?): {first}"
+        )
+    if isinstance(e, (OSError, EnvironmentError)):
+        return InvalidAdapterError(f"adapter '{name}': cannot read LoRA weights: {first}")
+    return AdapterLoadError(f"adapter '{name}' failed to load: {type(e).__name__}: {first}")
+
+
+def _png(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
