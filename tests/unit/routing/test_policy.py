@@ -1,0 +1,240 @@
+"""The routing policy, table-driven: which replica a request is sent to, and why."""
+
+import pytest
+
+from serve_app.routing.policy import (
+    Fleet,
+    Knobs,
+    ReplicaView,
+    RequestView,
+    rank,
+    rendezvous_order,
+    with_placed,
+)
+
+NOW = 1_000_000.0
+
+
+def r(rid, resident=(), loading=(), ongoing=0, max_ongoing=4, slots=2, victims=()):
+    return ReplicaView(
+        rid, frozenset(resident), frozenset(loading), ongoing, max_ongoing, slots, victims
+    )
+
+
+def req(*adapters, waited=0.0):
+    return RequestView(tuple(adapters), waited, NOW)
+
+
+def home(key, ids):
+    return rendezvous_order(key, ids)[0]
+
+
+IDS = ["r0", "r1", "r2", "r3"]
+
+CASES = [
+    # (name, replicas, request, expected first choice, expected kind)
+    (
+        "holder with spare capacity wins over idle replicas",
+        [r("r0", ["a"], ongoing=2), r("r1"), r("r2"), r("r3")],
+        req("a"),
+        "r0",
+        "hit",
+    ),
+    (
+        "least loaded holder first",
+        [r("r0", ["a"], ongoing=3), r("r1", ["a"], ongoing=1), r("r2"), r("r3")],
+        req("a"),
+        "r1",
+        "hit",
+    ),
+    (
+        "a load already started counts as holding",
+        [r("r0", loading=["a"], ongoing=1), r("r1"), r("r2"), r("r3")],
+        req("a"),
+        "r0",
+        "hit",
+    ),
+    (
+        "hot adapter: full holder spills to a lightly loaded replica",
+        [r("r0", ["a"], ongoing=4), r("r1", ongoing=3), r("r2", ongoing=0), r("r3", ongoing=3)],
+        req("a", waited=1.0),
+        "r2",
+        "spill",
+    ),
+    (
+        "busy fleet: no spill target, wait for the holder",
+        [r("r0", ["a"], ongoing=4), r("r1", ongoing=3), r("r2", ongoing=3), r("r3", ongoing=3)],
+        req("a", waited=0.5),
+        "r0",
+        "hit",
+    ),
+    (
+        "base model goes to the least loaded",
+        [r("r0", ongoing=3), r("r1", ongoing=2), r("r2", ongoing=0), r("r3", ongoing=1)],
+        req(),
+        "r2",
+        "base",
+    ),
+    (
+        "mix prefers the replica holding most of the set",
+        [r("r0", ["a"]), r("r1", ["a", "b"], ongoing=2), r("r2", ["c"]), r("r3")],
+        req("a", "b"),
+        "r1",
+        "hit",
+    ),
+    (
+        "cold adapter prefers a replica with a free slot",
+        [r("r0", ["x", "y"]), r("r1", ["x", "z"]), r("r2", ["w"]), r("r3", ["v", "u"])],
+        req("cold"),
+        "r2",
+        "cold",
+    ),
+    (
+        "cold adapter evicts the victim idle longest",
+        [
+            r("r0", ["x", "y"], victims=(("x", NOW - 0.1),)),
+            r("r1", ["p", "q"], victims=(("p", NOW - 60),)),
+            r("r2", ["s", "t"], victims=(("s", NOW - 0.2),)),
+            r("r3", ["v", "u"], victims=(("v", NOW - 0.3),)),
+        ],
+        req("cold"),
+        "r1",
+        "cold",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,replicas,request_,first,kind", CASES, ids=[c[0] for c in CASES])
+def test_first_choice(name, replicas, request_, first, kind):
+    fleet = Fleet()
+    fleet.set_replicas(replicas)
+    d = fleet.decide(request_)
+    assert d.ids[0] == first
+    assert d.kind == kind
+    assert rank(replicas, request_)[0] == first
+
+
+def test_cold_adapter_goes_to_its_rendezvous_home_among_equals():
+    replicas = [r(i) for i in IDS]
+    for a in ["a", "b", "c", "d", "e"]:
+        assert rank(replicas, req(a))[0] == home(a, IDS)
+
+
+def test_every_router_instance_agrees_on_cold_placement():
+    replicas = [r(i) for i in IDS]
+    views = [list(replicas), list(reversed(replicas))]  # different order, same state
+    for a in ["a", "b", "c"]:
+        assert len({rank(v, req(a))[0] for v in views}) == 1
+
+
+def test_burst_for_one_cold_adapter_stays_on_one_replica():
+    fleet = Fleet()
+    fleet.set_replicas([r(i, max_ongoing=8) for i in IDS])
+    chosen = set()
+    for n in range(6):
+        d = fleet.decide(req("cold"))
+        chosen.add(d.ids[0])
+        fleet.add_expected(d.ids[0], "cold")  # what the router records when it sends it
+        fleet.set_ongoing(d.ids[0], n + 1)
+    assert len(chosen) == 1
+
+
+def test_burst_of_different_cold_adapters_spreads():
+    fleet = Fleet()
+    fleet.set_replicas([r(i, slots=2) for i in IDS])
+    placed = []
+    for n in range(8):
+        d = fleet.decide(req(f"cold{n}"))
+        placed.append(d.ids[0])
+        fleet.add_expected(d.ids[0], f"cold{n}")
+    # 8 adapters, 4 replicas x 2 free slots: every slot used once, nothing evicted.
+    assert sorted(placed) == sorted(IDS * 2)
+
+
+def test_hot_adapter_gains_replicas_in_rendezvous_order():
+    ids = [f"r{i}" for i in range(8)]
+    order = rendezvous_order("hot", ids)
+    fleet = Fleet(Knobs(spill_after_s=0))
+    fleet.set_replicas([r(i, ["hot"] if i == order[0] else []) for i in ids])
+    holders = [order[0]]
+    for _ in range(3):
+        for h in holders:
+            fleet.set_ongoing(h, 4)  # all holders full
+        d = fleet.decide(req("hot"))
+        assert d.kind == "spill"
+        holders.append(d.ids[0])
+        fleet.add_expected(d.ids[0], "hot")
+    assert holders == order[:4]
+
+
+def test_hot_adapter_waits_briefly_before_spilling():
+    fleet = Fleet(Knobs(spill_after_s=0.05))
+    fleet.set_replicas([r("r0", ["a"], ongoing=4), r("r1"), r("r2")])
+    assert fleet.decide(req("a", waited=0.0)).ids == ["r0"]
+    assert fleet.decide(req("a", waited=0.1)).kind == "spill"
+
+
+def test_fallback_after_max_wait():
+    fleet = Fleet(Knobs(max_wait_s=1.0))
+    fleet.set_replicas([r("r0", ["a"], ongoing=4), r("r1", ongoing=3), r("r2", ongoing=3)])
+    assert fleet.decide(req("a", waited=0.2)).ids == ["r0"]
+    d = fleet.decide(req("a", waited=2.0))
+    assert d.ids[0] == "r0" and set(d.ids[1:]) == {"r1", "r2"}
+    assert d.kinds["r1"] == "fallback"
+
+
+def test_rendezvous_is_stable_when_replicas_come_and_go():
+    ids = [f"r{i}" for i in range(10)]
+    keys = [f"adapter{i}" for i in range(300)]
+    before = {k: home(k, ids) for k in keys}
+    grown = {k: home(k, ids + ["r10"]) for k in keys}
+    # Adding a replica moves only the keys the new replica wins (about 1/11), to the new replica.
+    moved = [k for k in keys if before[k] != grown[k]]
+    assert all(grown[k] == "r10" for k in moved)
+    assert 0 < len(moved) < len(keys) / 5
+    # Removing a replica moves only the keys it held.
+    shrunk = {k: home(k, [i for i in ids if i != "r3"]) for k in keys}
+    assert [k for k in keys if before[k] != shrunk[k]] == [k for k in keys if before[k] == "r3"]
+
+
+def test_removed_replica_is_never_chosen_and_its_adapters_are_forgotten():
+    fleet = Fleet()
+    fleet.set_replicas([r("r0", ["a"]), r("r1"), r("r2")])
+    fleet.remove("r0")
+    assert fleet.holders("a") == set()
+    for a in ["a", "b", "c", ""]:
+        assert "r0" not in fleet.decide(req(*filter(None, [a]))).ids
+
+
+def test_upsert_tracks_loads_and_evictions():
+    fleet = Fleet()
+    fleet.set_replicas([r("r0", ["a"]), r("r1")])
+    fleet.upsert(r("r0", ["b"]))  # a evicted, b loaded
+    fleet.upsert(r("r1", ["a"]))
+    assert fleet.holders("a") == {"r1"} and fleet.holders("b") == {"r0"}
+    assert fleet.decide(req("a")).ids[0] == "r1"
+
+
+def test_placing_uses_free_slots_then_victims():
+    v = r("r0", ["a"], slots=2, victims=(("a", 1.0),))
+    assert with_placed(v, {"b"}).victims == v.victims  # a free slot took it
+    full = r("r0", ["a", "b"], slots=2, victims=(("a", 1.0), ("b", 2.0)))
+    assert with_placed(full, {"c"}).victims == (("b", 2.0),)
+
+
+def test_frequency_aware_placement_keeps_popular_adapters():
+    fleet = Fleet()
+    fleet.set_replicas(
+        [
+            r("r0", ["pop", "x"], victims=(("pop", NOW - 1),)),
+            r("r1", ["rare", "y"], victims=(("rare", NOW - 1),)),
+        ]
+    )
+    for _ in range(20):
+        fleet.observe(req("pop"))
+    fleet.observe(req("rare"))
+    assert fleet.decide(req("new")).ids[0] == "r1"
+
+
+def test_empty_fleet():
+    assert rank([], req("a")) == []
