@@ -6,8 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from bad_adapters import build_bad_adapters, llama_modules, write_lora
-from conftest import BASE_REF
 
 from adapters.errors import AdapterError, InvalidAdapterError
 from adapters.sources import Fetcher
@@ -18,8 +16,10 @@ from adapters.validate import (
     validate_text_lora,
     validate_weight_file,
 )
+from tests.bad_adapters import build_bad_adapters, llama_modules, write_lora
 
 RULES = ValidationRules(max_rank=16)
+BASE_REF = "test-org/tiny-llama"  # what the conftest's LoRA names as its base
 
 
 def prepare(fetcher: Fetcher, body: dict, base, rules=RULES) -> ValidatedAdapter:
