@@ -9,8 +9,9 @@ capacity, or are sent by ``clients`` closed-loop clients. Routers:
 - ``ours``: ``serve_app.routing.policy.Fleet.decide``, replica state updated on every event (a
   router that sees every push at once), tried in preference order.
 - ``builtin``: a model of Ray Serve's multiplex routing: a replica holding (or loading) the
-  adapter, least loaded of two random ones with room; else the least loaded of two random
-  replicas among those with the fewest adapters; else two random replicas.
+  adapter, least loaded of two random ones with room; else, among up to 4 random replicas with
+  room, the one with the fewest adapters (then least loaded). (Ray scans every replica for the
+  fewest adapters; once every working set is full that is all of them, so sampling is the same.)
 - ``pow2``: least loaded of two random replicas with room; no adapter affinity.
 
 A request no replica accepts waits in the router queue; up to 64 waiting requests are retried,
@@ -147,11 +148,10 @@ def simulate(
             holders = [r for r in by_adapter.get(a, ()) if r.ongoing < max_ongoing]
             if holders:
                 return _two(rng, holders)
-            free = [r for r in reps if r.ongoing < max_ongoing]
+            free = _sample_free(rng, reps, max_ongoing)
             if not free:
                 return None
-            fewest = min(len(r.cache) for r in free)
-            return _two(rng, [r for r in free if len(r.cache) == fewest])
+            return min(free, key=lambda r: (len(r.cache), r.ongoing))
         free = _sample_free(rng, reps, max_ongoing)
         return _two(rng, free) if free else None
 
