@@ -21,6 +21,17 @@ class Prepared:
     size_bytes: int
 
 
+ENGINES: list["Engine"] = []
+
+
+@pytest.fixture(autouse=True)
+def no_engine_violations():
+    """The pool logs (and survives) a failing unload or on_event: fail the test on any."""
+    ENGINES.clear()
+    yield
+    assert [v for e in ENGINES for v in e.violations] == []
+
+
 @dataclass
 class Engine:
     max_count: int
@@ -33,6 +44,15 @@ class Engine:
     in_use: dict[str, int] = field(default_factory=dict)  # maintained by the test's requests
     fail_prepare: dict[str, Exception] = field(default_factory=dict)
     yields: int = 1  # event-loop turns each callable takes, to interleave tasks
+    violations: list[str] = field(default_factory=list)  # the pool logs unload errors: keep them
+
+    def __post_init__(self) -> None:
+        ENGINES.append(self)
+
+    def check(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.violations.append(what)
+            raise AssertionError(what)
 
     async def _turns(self) -> None:
         for _ in range(self.yields):
@@ -46,17 +66,18 @@ class Engine:
         return Prepared(self.sizes.get(spec.name, 1))
 
     async def load(self, spec: AdapterSpec, prepared: Prepared) -> None:
-        assert spec.name not in self.loaded, f"{spec.name} loaded twice"
-        assert len(self.loaded) + 1 <= self.max_count, "engine would exceed the count budget"
+        self.check(spec.name not in self.loaded, f"{spec.name} loaded twice")
+        self.check(len(self.loaded) + 1 <= self.max_count, "engine would exceed the count budget")
         if self.max_bytes is not None:
-            assert sum(self.loaded.values()) + prepared.size_bytes <= self.max_bytes
+            total = sum(self.loaded.values()) + prepared.size_bytes
+            self.check(total <= self.max_bytes, "engine would exceed the byte budget")
         self.loads.append(spec.name)
         self.loaded[spec.name] = prepared.size_bytes
         await self._turns()
 
     async def unload(self, name: str) -> None:
-        assert name in self.loaded, f"unload of {name} which is not loaded"
-        assert not self.in_use.get(name), f"{name} unloaded while a request uses it"
+        self.check(name in self.loaded, f"unload of {name} which is not loaded")
+        self.check(not self.in_use.get(name), f"{name} unloaded while a request uses it")
         self.unloads.append(name)
         del self.loaded[name]
         await self._turns()
@@ -180,6 +201,23 @@ def test_lru_eviction_unloads_from_the_engine():
     snap = run(scenario())
     assert engine.unloads == ["b"] and sorted(engine.loaded) == ["a", "c"]
     assert snap["evictions"] == 1 and snap["hits"] == 1 and snap["states"]["b"] == "evicted"
+
+
+@pytest.mark.parametrize("policy, hot_unloaded", [("lru", True), ("lfu", False)])
+def test_lfu_pool_keeps_a_hot_adapter_through_a_burst_of_one_offs(policy, hot_unloaded):
+    engine = Engine(max_count=3)
+
+    async def scenario():
+        pool = engine.pool(policy=policy)
+        for _ in range(10):
+            await request(pool, engine, "hot")
+        for i in range(10):
+            await request(pool, engine, f"one-off-{i}")
+        await request(pool, engine, "hot")
+
+    run(scenario())
+    assert ("hot" in engine.unloads) is hot_unloaded
+    assert engine.loads.count("hot") == (2 if hot_unloaded else 1)
 
 
 def test_in_use_adapter_is_not_evicted_newcomer_waits_for_release():
@@ -372,7 +410,8 @@ def test_random_concurrent_workloads_keep_every_invariant(
     def on_event(name, state, info):
         if state == AdapterState.EVICTED and info["reason"] == "capacity":
             capacity_evictions.append(name)
-            assert name not in pinned, f"pinned {name} was evicted for capacity"
+            if name in pinned:
+                engine.violations.append(f"pinned {name} was evicted for capacity")
 
     async def do(pool, kind, name, turns):
         if kind == "use":
@@ -402,6 +441,7 @@ def test_random_concurrent_workloads_keep_every_invariant(
         return pool
 
     pool = run(scenario())
+    assert engine.violations == []
     # Exactly one unload per eviction, and only of loaded adapters (Engine.unload asserts that).
     assert pool.evictions == len(engine.unloads)
     assert len(engine.loads) - len(engine.unloads) == len(engine.loaded)
