@@ -39,7 +39,7 @@ class CallKey:
     width: int
     height: int
     steps: int
-    guidance_scale: float
+    guidance_scale: float | None  # None: the pipeline's default
     negative: bool  # NOTE: None and "" differ for SDXL (zeroed vs encoded empty prompt)
 
 
@@ -187,7 +187,7 @@ class DiffusersEngine:
         width: int,
         height: int,
         steps: int,
-        guidance_scale: float,
+        guidance_scale: float | None = None,
         negative_prompt: str | None = None,
         seed: int | None = None,
     ) -> list[bytes]:
@@ -198,14 +198,8 @@ class DiffusersEngine:
         """
         if seed is None:
             seed = random.SystemRandom().randrange(_MAX_SEED - n)
-        key = CallKey(
-            tuple(adapters),
-            width,
-            height,
-            steps,
-            float(guidance_scale),
-            negative_prompt is not None,
-        )
+        gs = None if guidance_scale is None else float(guidance_scale)
+        key = CallKey(tuple(adapters), width, height, steps, gs, negative_prompt is not None)
         job = _Job(prompt, negative_prompt, [seed + i for i in range(n)], asyncio.Future())
         self._pending[key].append(job)
         try:
@@ -255,15 +249,16 @@ class DiffusersEngine:
         prompts = [j.prompt for j in batch for _ in j.seeds]
         negatives = [j.negative_prompt or "" for j in batch for _ in j.seeds]
         generators = [torch.Generator("cpu").manual_seed(s) for j in batch for s in j.seeds]
+        kwargs = {} if key.guidance_scale is None else {"guidance_scale": key.guidance_scale}
         out = self.pipe(
             prompt=prompts,
             negative_prompt=negatives if key.negative else None,
             width=key.width,
             height=key.height,
             num_inference_steps=key.steps,
-            guidance_scale=key.guidance_scale,
             generator=generators,
             output_type="pil",
+            **kwargs,
         )
         pngs = iter(_png(img) for img in out.images)
         self.counters["calls"] += 1

@@ -1,0 +1,190 @@
+"""The image deployment: one Diffusers pipeline per replica and an adapter pool that fetches,
+validates, loads and evicts LoRAs in it (eviction calls ``delete_adapters``, so memory comes back).
+No FastAPI, no HTTP types: domain errors propagate to the ingress, which maps them.
+
+Requests arrive through ``handle.options(multiplexed_model_id=...)`` with the sorted adapter names
+of their mix joined by "," ("" for the base model); residency is published for the routers.
+"""
+
+import asyncio
+import base64
+import logging
+import os
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from adapters.pool import AdapterPool
+from adapters.sources import Fetcher
+from adapters.spec import AdapterSpec
+from adapters.validate import ValidationRules, validate_weight_file
+from serve_app.config import ImageConfig, SourceOptions
+from serve_app.deployments.registry_sync import RegistryFollower
+from serve_app.deployments.residency import ResidencyReporter
+from serve_app.errors import InvalidRequestError
+from serve_app.image_api import ImageGenerationRequest
+
+logger = logging.getLogger("serve_app.image")
+
+DEFAULT_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what Diffusers looks for by default
+
+
+@dataclass
+class ImageLora:
+    """A fetched and checked LoRA file; the pool's ``Prepared``."""
+
+    path: Path  # directory holding the file
+    weight_name: str
+    size_bytes: int
+
+
+@serve.deployment
+class ImageDeployment:
+    async def __init__(
+        self,
+        cfg: dict,
+        sources: dict,
+        registry: Any = None,
+        engine_options: dict | None = None,
+    ) -> None:
+        """``engine_options`` are extra DiffusersEngine arguments (e.g. ``max_batch``)."""
+        from serve_app.engines.diffusers_engine import DiffusersEngine  # heavy: torch, diffusers
+
+        self.cfg = ImageConfig.model_validate(cfg)
+        src = SourceOptions.model_validate(sources)
+        self.rules = ValidationRules(
+            max_rank=2**16,  # LoRA files for pipelines carry no config: the trial load checks fit
+            allow_pickle=src.allow_pickle,
+            max_bytes=src.max_adapter_bytes,
+            check_base_model=src.check_base_model,
+        )
+        self.fetcher = Fetcher(
+            allowed_roots=src.allowed_roots,
+            cache_dir=os.path.expanduser(src.cache_dir),
+            cache_max_bytes=src.cache_max_bytes,
+            s3_endpoint_url=src.s3_endpoint_url,
+            timeout_s=src.fetch_timeout_s,
+            retries=src.fetch_retries,
+            max_bytes=src.max_adapter_bytes,
+        )
+        self.engine = DiffusersEngine(
+            self.cfg.model, dtype=self.cfg.dtype, **(engine_options or {})
+        )
+        await self.engine.start()
+        self.residency = ResidencyReporter()
+        self.pool = AdapterPool(
+            prepare=self._prepare,
+            load=self._load,
+            unload=self.engine.unload_lora,
+            max_count=self.cfg.max_adapters,
+            max_bytes=self.cfg.max_resident_bytes,
+            policy=self.cfg.eviction,
+            on_event=self.residency.on_pool_event,
+            name=self.cfg.name,
+        )
+        self.residency.bind(self.pool)
+        self.follower = RegistryFollower(registry, self.cfg.name, self.pool) if registry else None
+        for spec in self.cfg.adapters:
+            if spec.pinned:
+                await self.pool.pin(self._spec(spec.model_dump()))
+
+    def _spec(self, spec: dict) -> AdapterSpec:
+        s = AdapterSpec.model_validate(spec)
+        return s.model_copy(
+            update={"base": self.cfg.name, "weight_name": s.weight_name or DEFAULT_WEIGHT_NAME}
+        )
+
+    async def _prepare(self, spec: AdapterSpec) -> ImageLora:
+        spec = self._spec(spec.model_dump())
+        path = await self.fetcher.fetch(spec)
+        assert spec.weight_name is not None
+        size = await asyncio.to_thread(
+            validate_weight_file, spec, path / spec.weight_name, self.rules
+        )
+        return ImageLora(path=path, weight_name=spec.weight_name, size_bytes=size)
+
+    async def _load(self, spec: AdapterSpec, prepared: ImageLora) -> None:
+        await self.engine.load_lora(spec.name, prepared.path, prepared.weight_name)
+
+    async def generate(self, request: dict, adapters: list[dict]) -> dict:
+        """One images request: ``request`` is a parsed ImageGenerationRequest dump, ``adapters``
+        the resolved mix ``[{"spec": AdapterSpec dump, "weight": float}]`` (empty: base model).
+        Returns OpenAI's images response with base64 PNGs."""
+        req = ImageGenerationRequest.model_validate(request)
+        mix = [(self._spec(a["spec"]), float(a["weight"])) for a in adapters]
+        if len(mix) > self.cfg.max_mix:
+            raise InvalidRequestError(
+                f"{len(mix)} adapters in one mix (with the one named by 'model'); "
+                f"at most {self.cfg.max_mix}",
+                "adapters",
+            )
+        width, height = req.dimensions()
+        with self.residency.request():
+            async with AsyncExitStack() as held:
+                # NOTE: a fixed order, so two mixes never each hold half of what the other needs.
+                for spec, _ in sorted(mix, key=lambda m: m[0].name):
+                    await held.enter_async_context(self.pool.use(spec))
+                pngs = await self.engine.generate(
+                    req.prompt,
+                    [(spec.name, weight) for spec, weight in mix],
+                    n=req.n,
+                    width=width,
+                    height=height,
+                    steps=req.num_inference_steps or self.cfg.default_steps,
+                    guidance_scale=req.guidance_scale,
+                    negative_prompt=req.negative_prompt,
+                    seed=req.seed,
+                )
+        return {
+            "created": int(time.time()),
+            "data": [{"b64_json": base64.b64encode(p).decode()} for p in pngs],
+        }
+
+    async def validate_adapter(self, spec: dict) -> dict:
+        """Fetch, check the file, and trial-load it into the pipeline under a scratch name (then
+        delete it): a LoRA for another base is refused here, before registration."""
+        s = self._spec(spec)
+        prepared = await self._prepare(s)
+        info = await self.engine.check_lora(prepared.path, prepared.weight_name)
+        return s.model_copy(
+            update={"size_bytes": prepared.size_bytes, "rank": info["rank"] or None}
+        ).model_dump(mode="json")
+
+    async def pin_adapter(self, spec: dict) -> None:
+        await self.pool.pin(self._spec(spec))
+
+    async def unpin_adapter(self, name: str) -> None:
+        await self.pool.unpin(name)
+
+    async def evict_adapter(self, name: str) -> bool:
+        return await self.pool.evict(name)
+
+    async def adapter_snapshot(self) -> dict:
+        """Our pool's view, the pipeline's own adapter list, engine counters and process RSS."""
+        return {
+            **self.pool.snapshot(),
+            "engine_adapters": self.engine.engine_adapters(),
+            "engine": self.engine.stats(),
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "pid": os.getpid(),
+            "rss_bytes": _rss_bytes(),
+        }
+
+    def record_routing_stats(self) -> dict:
+        return self.residency.record_routing_stats()
+
+    async def check_health(self) -> None:
+        self.engine.engine_adapters()
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux), 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
