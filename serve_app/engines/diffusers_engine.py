@@ -113,7 +113,14 @@ class DiffusersEngine:
 
     def engine_adapters(self) -> list[str]:
         """Adapter names the pipeline itself holds (its own view)."""
-        return sorted({n for names in self.pipe.get_list_adapters().values() for n in names})
+        # NOTE: read from the event loop while the worker thread may be adding or deleting one:
+        # a dict changing under iteration raises; read again.
+        for _ in range(10):
+            try:
+                return sorted({n for ns in self.pipe.get_list_adapters().values() for n in ns})
+            except RuntimeError:
+                time.sleep(0.001)
+        return sorted({n for ns in self.pipe.get_list_adapters().values() for n in ns})
 
     def adapter_bytes(self, name: str) -> int:
         """Bytes of LoRA parameters adapter ``name`` holds in the pipeline (0 if none)."""

@@ -75,7 +75,33 @@ def assets(tmp_path_factory) -> dict:
     info = build_image_assets(root)
     info["big"] = _big_loras(root / "big", info["base"], count=6, rank=2048)
     info["root"] = str(root)
+    info["bad"] = _bad_loras(root / "bad", info)
     return info
+
+
+def _bad_loras(root, info: dict) -> dict[str, dict]:
+    """Files that are valid safetensors but do not fit the pipeline: some tensors for a layer it
+    lacks (Diffusers only warns "unexpected keys": a silent partial load) and none that match."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    a = info["adapters"]["style3d"]
+    good = load_file(f"{a['source']}/{a['weight_name']}")
+    extra = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn9.to_q.lora"
+    partial = {
+        **good,
+        f"{extra}.down.weight": torch.ones(4, 8),
+        f"{extra}.up.weight": torch.ones(8, 4),
+    }
+    nomatch = {"unet.foo.bar.lora.down.weight": torch.ones(4, 8),
+               "unet.foo.bar.lora.up.weight": torch.ones(8, 4)}  # fmt: skip
+    root.mkdir()
+    out = {}
+    for name, sd in [("partial", partial), ("nomatch", nomatch)]:
+        save_file(sd, str(root / f"{name}.safetensors"))
+        out[name] = {"name": name, "kind": "image", "source": str(root),
+                     "weight_name": f"{name}.safetensors"}  # fmt: skip
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +135,7 @@ def specs(assets) -> dict[str, dict]:
     out = {n: {"name": n, "kind": "image", **a} for n, a in assets["adapters"].items()}
     out["otherbase"] = {"name": "otherbase", "kind": "image", **assets["wrong_base_adapter"]}
     out.update({s["name"]: {**s, "kind": "image"} for s in assets["big"]})
+    out.update(assets["bad"])
     return out
 
 
@@ -287,15 +314,21 @@ def _file_bytes(spec: dict) -> int:
     return (Path(spec["source"]) / spec["weight_name"]).stat().st_size
 
 
-def test_wrong_base_lora_refused_and_replica_healthy(serve_handles, specs):
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("otherbase", "size mismatch"), ("partial", "unexpected keys"), ("nomatch", "not found")],
+)
+def test_lora_that_does_not_fit_is_refused_and_replica_healthy(serve_handles, specs, name, why):
+    """``otherbase`` was made for a pipeline with another cross-attention width (as an SD 1.5
+    LoRA on SDXL); ``partial`` would load only in part; ``nomatch`` matches no layer at all."""
     h = serve_handles["img"]
     before = _one(h, specs, [("style3d", 1.0)], seed=5)
     with pytest.raises(InvalidAdapterError, match="does not fit this pipeline"):
-        _one(h, specs, [("otherbase", 1.0)])
-    with pytest.raises(InvalidAdapterError, match="size mismatch"):
-        h.validate_adapter.remote(specs["otherbase"]).result()
+        _one(h, specs, [(name, 1.0)])
+    with pytest.raises(InvalidAdapterError, match=why):
+        h.validate_adapter.remote(specs[name]).result()
     snap = h.adapter_snapshot.remote().result()
-    assert "otherbase" not in snap["engine_adapters"] and snap["states"]["otherbase"] == "failed"
+    assert name not in snap["engine_adapters"] and snap["states"][name] == "failed"
     assert not any(n.startswith("_check") for n in snap["engine_adapters"])
     assert _one(h, specs, [("style3d", 1.0)], seed=5) == before  # nothing left behind
     assert _one(h, specs, [("style3d", 1.0), ("cereal", 0.5)], seed=5) != before
