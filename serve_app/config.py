@@ -71,6 +71,11 @@ class LLMConfig(_Strict):
     name: str = Field(description="Served base id; requests use it as 'model'.")
     model: str = Field(description="Local path or Hugging Face id of the base weights.")
     tokenizer: str | None = Field(default=None, description="Defaults to model.")
+    base_aliases: list[str] = Field(
+        default_factory=list,
+        description="Other names adapters may give as base_model_name_or_path for this base "
+        "(e.g. the hub id when 'model' is a local copy).",
+    )
     engine: Literal["vllm", "peft"] = Field(default="vllm", description="Text engine.")
     max_loras: PositiveInt = Field(default=4, description="Adapters usable in one batch.")
     max_cpu_loras: PositiveInt | None = Field(

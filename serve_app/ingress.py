@@ -39,6 +39,42 @@ def _error(exc: BaseException) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+# NOTE: helpers are defined before the class: @serve.ingress serialises the app (and what its
+# routes reference) when the class is decorated.
+
+
+def _card(model_id: str, parent: str | None, root: str) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "loraserve",
+        "parent": parent,
+        "root": root,
+    }
+
+
+def _validated(build: Any) -> Any:
+    try:
+        return build()
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        raise errors.InvalidRequestError(
+            f"invalid field '{field}': {err['msg']}", param=field
+        ) from None
+
+
+async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:
+    try:
+        async for chunk in gen:
+            yield chunk
+    except Exception as exc:  # after the status line: report in-band, as OpenAI streams do
+        status, body = errors.to_http(getattr(exc, "cause", None) or exc)
+        logger.error("stream failed: %r", exc)
+        yield f"data: {json.dumps(body)}\n\n"
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
 @serve.ingress(app)
 class Ingress:
@@ -221,35 +257,3 @@ class Ingress:
         if not isinstance(body, dict):
             raise errors.InvalidRequestError("request body must be a JSON object")
         return body
-
-
-def _card(model_id: str, parent: str | None, root: str) -> dict[str, Any]:
-    return {
-        "id": model_id,
-        "object": "model",
-        "created": int(time.time()),
-        "owned_by": "loraserve",
-        "parent": parent,
-        "root": root,
-    }
-
-
-def _validated(build: Any) -> Any:
-    try:
-        return build()
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        raise errors.InvalidRequestError(
-            f"invalid field '{field}': {err['msg']}", param=field
-        ) from None
-
-
-async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:
-    try:
-        async for chunk in gen:
-            yield chunk
-    except Exception as exc:  # after the status line: report in-band, as OpenAI streams do
-        status, body = errors.to_http(getattr(exc, "cause", None) or exc)
-        logger.error("stream failed: %r", exc)
-        yield f"data: {json.dumps(body)}\n\n"

@@ -14,12 +14,12 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from adapters.sources import Fetcher
-from adapters.validate import ValidatedAdapter, ValidationRules, validate_text_lora
 from ray import serve
 
 from adapters.pool import AdapterPool
+from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
+from adapters.validate import ValidatedAdapter, ValidationRules, validate_text_lora
 from serve_app.config import LLMConfig, SourceOptions
 from serve_app.deployments.registry_sync import RegistryFollower
 from serve_app.deployments.residency import ResidencyReporter
@@ -38,6 +38,7 @@ def make_engine(cfg: LLMConfig) -> Any:
             tokenizer=cfg.tokenizer,
             max_model_len=cfg.max_model_len,
             dtype=cfg.dtype,
+            base_aliases=tuple(cfg.base_aliases),
         )
     from serve_app.engines.vllm_engine import VLLMEngine
 
@@ -51,6 +52,7 @@ def make_engine(cfg: LLMConfig) -> Any:
         max_model_len=cfg.max_model_len,
         dtype=cfg.dtype,
         engine_kwargs=cfg.engine_kwargs,
+        base_aliases=tuple(cfg.base_aliases),
     )
 
 

@@ -85,7 +85,7 @@ class PeftEngine:
         from serve_app.engines.text_base_info import text_base_info
 
         if self._info is None:
-            self._info = text_base_info(self.name, self.model_ref)
+            self._info = text_base_info(self.name, self.model_ref, self.base_aliases)
         return self._info
 
     async def load_adapter(self, name: str, path: str) -> None:
@@ -168,7 +168,7 @@ class PeftEngine:
         else:
             choice |= {"message": {"role": "assistant", "content": text}}
         if req.return_token_ids:
-            choice["token_ids"] = tokens
+            choice |= {"token_ids": tokens, "prompt_token_ids": prompt}
         usage = {
             "prompt_tokens": len(prompt),
             "completion_tokens": len(tokens),

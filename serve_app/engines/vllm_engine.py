@@ -36,9 +36,11 @@ class VLLMEngine:
         max_model_len: int | None = None,
         dtype: str = "auto",
         engine_kwargs: dict[str, Any] | None = None,
+        base_aliases: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.model = model
+        self.base_aliases = tuple(base_aliases)
         argv = [
             "--model",
             model,
@@ -87,7 +89,7 @@ class VLLMEngine:
         from serve_app.engines.text_base_info import text_base_info
 
         if self._info is None:
-            self._info = text_base_info(self.name, self.model)
+            self._info = text_base_info(self.name, self.model, self.base_aliases)
         return self._info
 
     async def load_adapter(self, name: str, path: str) -> None:
@@ -141,8 +143,12 @@ class VLLMEngine:
 
 
 def _parse(model: type, body: dict[str, Any]) -> Any:
+    from vllm.exceptions import VLLMValidationError
+
     try:
         return model.model_validate(body)
+    except VLLMValidationError as e:  # vLLM's own validators, e.g. a missing prompt
+        raise InvalidRequestError(str(e), param=e.parameter) from None
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or None

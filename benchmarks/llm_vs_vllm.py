@@ -1,0 +1,239 @@
+"""This app (one replica) against plain ``vllm serve --enable-lora`` on the same model, adapters,
+engine settings and fixed traces, one after the other, over HTTP with the same client.
+
+    .venv/bin/python -m benchmarks.llm_vs_vllm [--requests 48] [--concurrency 8]
+
+Traces: "long" (128 generated tokens: engine time dominates, as in real deployments) and "short"
+(8 tokens: exposes per-request overhead). Each request names the base or one of the demo adapters
+(fixed seeded mix). Prints throughput, p50/p99 latency and ours/vLLM ratios; writes JSON.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+BASE = "tiny-llama"
+
+
+def trace(n: int, max_tokens: int, adapters: list[str], seed: int = 7) -> list[dict]:
+    rng = random.Random(seed)
+    models = [None, *adapters]
+    out = []
+    for i in range(n):
+        adapter = rng.choice(models)
+        out.append(
+            {"adapter": adapter, "prompt": f"Request {i}: hello there", "max_tokens": max_tokens}
+        )
+    return out
+
+
+async def replay(url: str, reqs: list[dict], concurrency: int, name_of) -> dict:
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    tokens = 0
+
+    async def one(client: httpx.AsyncClient, r: dict) -> None:
+        nonlocal tokens
+        body = {
+            "model": name_of(r["adapter"]),
+            "prompt": r["prompt"],
+            "temperature": 0,
+            "max_tokens": r["max_tokens"],
+            "ignore_eos": True,
+        }
+        async with sem:
+            t = time.perf_counter()
+            resp = await client.post(f"{url}/v1/completions", json=body)
+            latencies.append(time.perf_counter() - t)
+        resp.raise_for_status()
+        tokens += resp.json()["usage"]["completion_tokens"]
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        await one(client, {**reqs[0], "max_tokens": 2})  # warm-up outside the clock
+        for a in {r["adapter"] for r in reqs}:  # adapters resident in both: measure serving
+            await one(client, {"adapter": a, "prompt": "warm", "max_tokens": 2})
+        latencies.clear()
+        tokens = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(one(client, r) for r in reqs))
+        wall = time.perf_counter() - start
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    return {
+        "requests": len(reqs),
+        "wall_s": wall,
+        "req_per_s": len(reqs) / wall,
+        "tok_per_s": tokens / wall,
+        "p50_s": pick(0.5),
+        "p99_s": pick(0.99),
+    }
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(url)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+ENGINE = {"max_loras": 4, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512}
+
+
+def start_vllm(assets: dict, port: int, log) -> subprocess.Popen:
+    mods = [f"{n}={p}" for n, p in assets["adapters"].items()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.cli.main",
+        "serve",
+        assets["base"],
+        "--served-model-name",
+        BASE,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--enable-lora",
+        "--max-loras",
+        str(ENGINE["max_loras"]),
+        "--max-cpu-loras",
+        str(ENGINE["max_cpu_loras"]),
+        "--max-lora-rank",
+        str(ENGINE["max_lora_rank"]),
+        "--max-model-len",
+        str(ENGINE["max_model_len"]),
+        "--lora-modules",
+        *mods,
+    ]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_app(assets: dict, port: int, log, cfg_path: Path) -> subprocess.Popen:
+    import yaml
+
+    cfg = {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": "loraserve",
+                "route_prefix": "/",
+                "import_path": "serve_app.app:build_app",
+                "args": {
+                    "sources": {"allowed_roots": [str(Path(assets["base"]).parents[1])]},
+                    "llm": [
+                        {
+                            "name": BASE,
+                            "model": assets["base"],
+                            "dtype": "float32",
+                            **ENGINE,
+                            "engine_kwargs": {"enforce_eager": True},
+                            "adapters": [
+                                {"name": n, "source": p} for n, p in assets["adapters"].items()
+                            ],
+                            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
+                        }
+                    ],
+                },
+            }
+        ],
+    }
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    serve = str(Path(sys.executable).parent / "serve")
+    return subprocess.Popen([serve, "run", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--out", default="results/llm_vs_vllm.json")
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    from serve_app.demo.llm_assets import build_llm_assets
+
+    assets = build_llm_assets(Path(os.environ.get("LORASERVE_DEMO_DIR", ".demo")))
+    adapters = sorted(assets["adapters"])
+    traces = {
+        "long": trace(args.requests, 128, adapters),
+        "short": trace(args.requests, 8, adapters),
+    }
+    out_dir = Path(args.out).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    systems = {
+        "loraserve": (
+            lambda port, log: start_app(assets, port, log, out_dir / "bench_app.yaml"),
+            lambda a: BASE if a is None else f"{BASE}:{a}",
+        ),
+        "vllm serve": (
+            lambda port, log: start_vllm(assets, port, log),
+            lambda a: BASE if a is None else a,
+        ),
+    }
+    for system, (start, name_of) in systems.items():
+        port = _port()
+        with open(out_dir / f"{system.replace(' ', '_')}.log", "w") as log:
+            proc = start(port, log)
+            try:
+                _wait(f"http://127.0.0.1:{port}", proc)
+                for tname, reqs in traces.items():
+                    res = asyncio.run(
+                        replay(f"http://127.0.0.1:{port}", reqs, args.concurrency, name_of)
+                    )
+                    results.setdefault(tname, {})[system] = res
+                    print(
+                        f"{tname:5s} {system:10s} {res['req_per_s']:6.2f} req/s "
+                        f"{res['tok_per_s']:7.1f} tok/s p50 {res['p50_s'] * 1000:7.0f} ms "
+                        f"p99 {res['p99_s'] * 1000:7.0f} ms",
+                        flush=True,
+                    )
+            finally:
+                _stop(proc)
+    print("\nratios (loraserve / vllm serve):")
+    for tname, r in results.items():
+        a, b = r["loraserve"], r["vllm serve"]
+        print(
+            f"  {tname:5s} throughput {a['tok_per_s'] / b['tok_per_s']:.2f}x  "
+            f"p50 {a['p50_s'] / b['p50_s']:.2f}x  p99 {a['p99_s'] / b['p99_s']:.2f}x"
+        )
+    Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The OpenAI-compatible text API over HTTP with the real `openai` client: completions and chat,
+streamed and not, base and adapters; /v1/models; batching of several adapters in one replica."""
+
+import concurrent.futures as cf
+
+import pytest
+
+from tests.e2e.conftest import BASE, llm_snapshot
+
+ADAPTERS = ["sql", "poet", "chef", "pirate"]
+
+
+def test_models_lists_base_and_adapters(oai, demo_assets):
+    models = {m.id: m for m in oai.models.list().data}
+    assert models[BASE].parent is None
+    assert models[BASE].root == demo_assets["llm"]["base"]
+    for name in ADAPTERS:
+        card = models[f"{BASE}:{name}"]
+        assert card.object == "model" and card.owned_by == "loraserve"
+        assert card.parent == BASE
+        assert card.root == demo_assets["llm"]["adapters"][name]
+
+
+def _complete(oai, model: str, **kw) -> str:
+    out = oai.completions.create(model=model, prompt="Hello", max_tokens=12, temperature=0, **kw)
+    return out.choices[0].text
+
+
+def test_each_adapter_changes_the_completion(oai):
+    texts = {m: _complete(oai, m) for m in [BASE, *(f"{BASE}:{a}" for a in ADAPTERS)]}
+    assert all(texts.values())
+    assert len(set(texts.values())) == len(texts), texts
+    # Same request, same answer (greedy), and a bare unique adapter name means the same adapter.
+    assert _complete(oai, "sql") == texts[f"{BASE}:sql"]
+
+
+@pytest.mark.parametrize("model", [BASE, f"{BASE}:poet", "chef"])
+def test_completion_stream_matches_non_stream(oai, model):
+    whole = _complete(oai, model)
+    stream = oai.completions.create(
+        model=model, prompt="Hello", max_tokens=12, temperature=0, stream=True
+    )
+    chunks = [c.choices[0].text for c in stream if c.choices]
+    assert len(chunks) > 1
+    assert "".join(chunks) == whole
+
+
+@pytest.mark.parametrize("model", [BASE, f"{BASE}:pirate", "sql"])
+def test_chat_streamed_and_not(oai, model):
+    messages = [{"role": "user", "content": "Tell me about adapters"}]
+    whole = oai.chat.completions.create(
+        model=model, messages=messages, max_tokens=10, temperature=0
+    )
+    assert whole.object == "chat.completion"
+    assert whole.choices[0].message.role == "assistant"
+    text = whole.choices[0].message.content
+    assert text
+    stream = oai.chat.completions.create(
+        model=model, messages=messages, max_tokens=10, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+
+
+def test_chat_adapters_differ(oai):
+    messages = [{"role": "user", "content": "hi"}]
+    outs = {
+        m: oai.chat.completions.create(model=m, messages=messages, max_tokens=10, temperature=0)
+        .choices[0]
+        .message.content
+        for m in [BASE, "sql", "poet"]
+    }
+    assert len(set(outs.values())) == 3, outs
+
+
+def test_concurrent_adapters_batch_in_one_replica_without_reloading(oai):
+    # Warm: make the three adapters resident.
+    trio = ["sql", "poet", "chef"]
+    for name in trio:
+        _complete(oai, name)
+    before = llm_snapshot()
+    assert set(trio) <= set(before["resident"])
+
+    def long_request(name: str) -> str:
+        out = oai.completions.create(
+            model=name,
+            prompt="Hello",
+            max_tokens=64,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+        return out.choices[0].text
+
+    with cf.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(long_request, trio * 2))
+    assert all(results)
+    after = llm_snapshot()
+    assert after["loads"] == before["loads"], "a resident adapter was loaded again"
+    assert after["replica"] == before["replica"]
+    # vLLM's own scheduler stats: the three adapters ran in one batch together.
+    sets = [set(s.split(",")) for s in after["engine"]["running_lora_adapter_sets"]]
+    assert any(set(trio) <= s for s in sets), sets
