@@ -1,0 +1,55 @@
+"""The config tree: shipped configs load, unknown keys and broken limits are refused."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import AppConfig, LLMConfig
+
+CONFIGS = sorted(Path(__file__).parents[3].joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = AppConfig.from_yaml(path)
+    assert cfg.llm or cfg.image
+
+
+def test_opt_example_names_the_public_adapter():
+    cfg = AppConfig.from_yaml(Path(CONFIGS[0]).with_name("opt-350m.yaml"))
+    assert cfg.llm[0].model == "facebook/opt-350m"
+    assert cfg.llm[0].adapters[0].source == "hf://ybelkada/opt-350m-lora"
+
+
+def _llm(**kw):
+    return {"name": "m", "model": "/m", **kw}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"llm": [_llm(max_lora_rank=12)]}, "max_lora_rank"),
+        ({"llm": [_llm(max_loras=4, max_cpu_loras=2)]}, "max_cpu_loras (2) must be >= max_loras"),
+        ({"llm": [_llm(colour="red")]}, "colour"),
+        ({"lm": []}, "lm"),
+        ({"llm": [_llm(), _llm()]}, "duplicate base model names: m"),
+        ({"llm": [_llm(adapters=[{"name": "a", "source": "/a"}] * 2)]}, "duplicate adapter"),
+        ({"llm": [_llm(engine="tgi")]}, "engine"),
+        ({"llm": [_llm(deployment={"num_replica": 2})]}, "num_replica"),
+        ({"image": [{"name": "sd", "model": "/sd", "default_size": 100}]}, "multiple of 8"),
+    ],
+)
+def test_bad_configs_are_refused(data, message):
+    with pytest.raises(ValidationError) as info:
+        AppConfig.model_validate(data)
+    assert message in str(info.value)
+
+
+def test_max_cpu_loras_defaults_to_max_loras():
+    assert LLMConfig.model_validate(_llm(max_loras=3)).max_cpu_loras == 3
+
+
+def test_bad_adapter_name_in_config_is_refused():
+    with pytest.raises(Exception, match="invalid adapter name"):
+        AppConfig.model_validate({"llm": [_llm(adapters=[{"name": "../x", "source": "/a"}])]})
