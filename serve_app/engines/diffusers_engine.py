@@ -286,7 +286,12 @@ class DiffusersEngine:
         self.pipe.enable_lora()
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counters, "device": self.device, "pipeline": type(self.pipe).__name__}
+        return {
+            **self.counters,
+            "device": self.device,
+            "pipeline": type(self.pipe).__name__,
+            "torch_threads": torch.get_num_threads(),  # CPU results depend on it (summation order)
+        }
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)

@@ -39,6 +39,13 @@ def _diff(a: bytes, b: bytes) -> float:
     return float(np.abs(_px(a) - _px(b)).mean())
 
 
+def _snapshot() -> dict:
+    from ray import serve
+
+    handle = serve.get_deployment_handle(f"image:{IMAGE_BASE}", app_name="loraserve")
+    return handle.adapter_snapshot.remote().result()
+
+
 def _error(resp, status: int) -> dict:
     assert resp.status_code == status, resp.text
     return resp.json()["error"]
@@ -87,14 +94,22 @@ def test_served_adapter_equals_direct_load(http, demo_assets, name):
 
     assets = demo_assets["image"]
     served = _png(http, model=f"{IMAGE_BASE}:{name}", seed=4, num_inference_steps=3)
+    threads, saved = _snapshot()["engine"]["torch_threads"], torch.get_num_threads()
     pipe = DiffusionPipeline.from_pretrained(assets["base"])
     a = assets["adapters"][name]
     pipe.load_lora_weights(a["source"], weight_name=a["weight_name"], adapter_name=name)
     pipe.set_adapters([name])
-    direct = pipe(
-        PROMPT, num_inference_steps=3, width=32, height=32,
-        generator=torch.Generator("cpu").manual_seed(4),
-    ).images[0]  # fmt: skip
+    torch.set_num_threads(threads)  # the replica's: CPU sums are ordered per thread split
+    try:
+        direct = pipe(
+            PROMPT,
+            num_inference_steps=3,
+            width=32,
+            height=32,
+            generator=torch.Generator("cpu").manual_seed(4),
+        ).images[0]
+    finally:
+        torch.set_num_threads(saved)
     assert np.array_equal(_px(served), np.asarray(direct.convert("RGB"), dtype=np.int16))
 
 

@@ -213,19 +213,36 @@ def test_served_adapter_equals_lora_loaded_directly(serve_handles, specs, assets
     from diffusers import DiffusionPipeline
 
     served = _one(serve_handles["img"], specs, [(name, 0.8)], seed=3)
+    threads = serve_handles["img"].adapter_snapshot.remote().result()["engine"]["torch_threads"]
     pipe = DiffusionPipeline.from_pretrained(assets["base"])
     a = assets["adapters"][name]
     pipe.load_lora_weights(a["source"], weight_name=a["weight_name"], adapter_name=name)
     pipe.set_adapters([name], adapter_weights=[0.8])
-    direct = pipe(
-        PROMPT,
-        num_inference_steps=2,
-        width=SIZE,
-        height=SIZE,
-        generator=torch.Generator("cpu").manual_seed(3),
-    ).images[0]
+    direct = _with_threads(
+        threads,
+        lambda: pipe(
+            PROMPT,
+            num_inference_steps=2,
+            width=SIZE,
+            height=SIZE,
+            generator=torch.Generator("cpu").manual_seed(3),
+        ).images[0],
+    )
     assert np.array_equal(_px(served), np.asarray(direct.convert("RGB"), dtype=np.int16))
     assert _diff(served, _one(serve_handles["img"], specs, seed=3)) > 3
+
+
+def _with_threads(threads: int, fn):
+    """Run ``fn`` with the replica's torch thread count: on CPU, sums are ordered per thread
+    split, and a different count can move a pixel by one level."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(saved)
 
 
 SETS = [
