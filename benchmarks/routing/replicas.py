@@ -29,6 +29,21 @@ class _Weights:
     size_bytes: int = 0
 
 
+class _WithEvictionOrder:
+    """The pool's snapshot plus its eviction order (so lfu victims are reported as lfu victims).
+
+    Stop-gap until ``AdapterPool.snapshot()`` includes ``eviction_order`` itself.
+    """
+
+    def __init__(self, pool: AdapterPool) -> None:
+        self._pool = pool
+
+    def snapshot(self) -> dict:
+        snap = self._pool.snapshot()
+        snap.setdefault("eviction_order", self._pool._cache.eviction_order())
+        return snap
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class PoolReplica:
     def __init__(self, slots: int, k: int, load_s: float, service_s: float, eviction: str):
@@ -46,7 +61,7 @@ class PoolReplica:
             on_event=self.residency.on_pool_event,
             name=serve.get_replica_context().replica_id.unique_id,
         )
-        self.residency.bind(self.pool)
+        self.residency.bind(_WithEvictionOrder(self.pool))
 
     async def _prepare(self, spec: AdapterSpec) -> _Weights:
         return _Weights()

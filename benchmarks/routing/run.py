@@ -47,7 +47,8 @@ class Row:
     max_over_mean: float
     belady: int
     burst_loads_per_adapter: float | None = None
-    burst_adapters_loaded_twice: int | None = None
+    burst_replicas_per_adapter: float | None = None
+    burst_adapters_on_several_replicas: int | None = None
     routing: dict | None = None
 
 
@@ -121,11 +122,14 @@ def run_one(trace: Trace, router: str, s: Setup) -> Row:
     if trace.name == "burst":
         burst = [a for a in trace.phases[-1].adapters]
         per_adapter = {a: 0 for a in burst}
+        replicas_of = {a: 0 for a in burst}
         for (_, a), n in adapter_loads.items():
             if a in per_adapter:
                 per_adapter[a] += n
+                replicas_of[a] += 1 if n else 0
         row.burst_loads_per_adapter = round(statistics.mean(per_adapter.values()), 2)
-        row.burst_adapters_loaded_twice = sum(1 for n in per_adapter.values() if n > 1)
+        row.burst_replicas_per_adapter = round(statistics.mean(replicas_of.values()), 2)
+        row.burst_adapters_on_several_replicas = sum(1 for n in replicas_of.values() if n > 1)
     return row
 
 
@@ -175,8 +179,9 @@ def _print_trace(trace: Trace, rows: list[Row], base: Row | None) -> None:
         extra = ""
         if r.burst_loads_per_adapter is not None:
             extra = (
-                f"  burst: {r.burst_loads_per_adapter} loads/adapter, "
-                f"{r.burst_adapters_loaded_twice} loaded more than once"
+                f"  burst: {r.burst_loads_per_adapter} loads and "
+                f"{r.burst_replicas_per_adapter} replicas per adapter, "
+                f"{r.burst_adapters_on_several_replicas} on several replicas"
             )
         print(
             f"{r.router:9} {r.loads:6d} {r.loads_per_1k:6.1f} {r.p50_ms:7.1f} {r.p99_ms:7.1f} "

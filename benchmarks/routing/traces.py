@@ -54,8 +54,7 @@ def standard_traces(
     hot = _zipf(random.Random(seed + 3), shuffled, 2.0, requests)
     warm = _zipf(random.Random(seed + 4), shuffled[:4], 1.0, requests // 4)
     cold = [f"burst{i:02d}" for i in range(20)]
-    burst = [a for _ in range(3) for a in cold]
-    random.Random(seed + 5).shuffle(burst)
+    burst = [a for a in cold for _ in range(3)]  # 3 requests per adapter, all sent at once
     share = hot.count(shuffled[0]) / len(hot)
     return [
         Trace("zipf", [Phase(zipf, concurrency)], f"Zipf s=1.0 over {n} adapters"),

@@ -174,6 +174,11 @@ class AdapterAwareRouter(RequestRouter):
         decision = self._fleet.decide(request)
         self._last[pending_request.metadata.internal_request_id] = (decision, request)
         log.debug("adapter router: %r -> %s %s", mid, decision.kind, decision.ids)
+        if decision.kind in ("cold", "spill"):
+            # NOTE: expect the adapter on the first choice now, not when the replica accepts (a
+            # round trip later): concurrent requests for it must see it placed, or a burst for
+            # one cold adapter would be placed on several replicas.
+            self._expect(decision.ids[0], request.adapters)
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         return [[by_id[i]] for i in decision.ids if i in by_id]
 
@@ -187,10 +192,13 @@ class AdapterAwareRouter(RequestRouter):
         kind = decision.kinds.get(rid, "fallback")
         self.decision_counts[kind] = self.decision_counts.get(kind, 0) + 1
         _decision_counter().inc(tags={"deployment": self._deployment_id.name, "kind": kind})
+        self._expect(rid, request.adapters)
+
+    def _expect(self, rid: str, adapters: tuple[str, ...]) -> None:
         if rid not in self._fleet:
             return
         held = self._fleet.view(rid)
-        for a in request.adapters:
+        for a in adapters:
             if a not in held.resident and a not in held.loading:
                 self._expected.setdefault((rid, a), time.monotonic())
                 self._fleet.add_expected(rid, a)

@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 import ray
 from ray import serve
-from ray.serve._private.constants import REPLICA_ID_FULL_ID_STR_PREFIX, SERVE_NAMESPACE
+from ray.serve._private.common import REPLICA_ID_FULL_ID_STR_PREFIX
+from ray.serve._private.constants import SERVE_NAMESPACE
 
 from benchmarks.routing.replicas import PoolReplica
 from serve_app.routing.router import request_router_config
@@ -61,8 +62,9 @@ def test_same_adapter_goes_to_same_replica(handle):
 
 
 def test_burst_for_a_cold_adapter_loads_it_once(handle):
-    replies = burst(handle, ["cold-burst"] * 4)
-    assert sum(1 for r in replies if r["adapter_loads"] == 1) == 4
+    # As many requests as one replica accepts (more would make it a hot adapter, and spill).
+    replies = burst(handle, ["cold-burst"] * 2)
+    assert all(r["adapter_loads"] == 1 for r in replies)
     assert len({r["replica"] for r in replies}) == 1
 
 
