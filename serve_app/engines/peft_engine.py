@@ -59,8 +59,10 @@ class PeftEngine:
         tokenizer: str | None = None,
         max_model_len: int | None = None,
         dtype: str = "auto",
+        base_aliases: tuple[str, ...] = (),
     ) -> None:
         self.name, self.model_ref = name, model
+        self.base_aliases = tuple(base_aliases)
         self._tokenizer_ref = tokenizer or model
         self._max_len = max_model_len
         self._dtype = dtype
