@@ -1,4 +1,4 @@
-"""Markers come from the folder: tests/unit -> unit, tests/integration -> integration, tests/e2e -> e2e."""
+"""Markers come from the folder: tests/unit, tests/integration, tests/e2e."""
 
 import pytest
 
