@@ -13,30 +13,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import psutil
-from safetensors.numpy import load_file, save_file
 
 from adapters.pool import AdapterPool
 from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
 from adapters.validate import ValidationRules, validate_text_lora
-
-
-def make_adapters(demo: dict, n: int, root: Path) -> list[AdapterSpec]:
-    """n distinct adapters: the demo 'pirate' adapter with each tensor scaled by a random factor."""
-    src = Path(demo["adapters"]["pirate"])
-    tensors = load_file(str(src / "adapter_model.safetensors"))
-    rng = np.random.default_rng(0)
-    specs = []
-    for i in range(n):
-        d = root / f"a{i}"
-        d.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src / "adapter_config.json", d)
-        scaled = {k: (v * rng.uniform(0.5, 1.5)).astype(v.dtype) for k, v in tensors.items()}
-        save_file(scaled, str(d / "adapter_model.safetensors"))
-        specs.append(AdapterSpec(name=f"a{i}", source=str(d), base="tiny-llama"))
-    return specs
+from benchmarks.adapter_copies import make_adapter_copies
 
 
 def tree_rss_mb() -> float:
@@ -51,7 +34,8 @@ async def run(slots: int, factor: int, rounds: int) -> dict:
 
     demo = build_llm_assets(Path(os.environ.get("LORASERVE_DEMO_DIR", ".demo")))
     tmp = Path(tempfile.mkdtemp(prefix="adapter-memory-"))
-    specs = make_adapters(demo, slots * factor, tmp)
+    copies = make_adapter_copies(demo["adapters"]["pirate"], slots * factor, tmp)
+    specs = [AdapterSpec(name=n, source=p, base="tiny-llama") for n, p in copies.items()]
     engine = VLLMEngine(
         name="tiny-llama",
         model=demo["base"],

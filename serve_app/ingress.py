@@ -21,6 +21,7 @@ from adapters.errors import AdapterExistsError, UnknownModelError
 from adapters.spec import AdapterKind, AdapterSpec
 from serve_app import errors
 from serve_app.config import AppConfig
+from serve_app.deployments.logs import to_replica_log
 
 logger = logging.getLogger("serve_app.ingress")
 app = FastAPI(title="loraserve", description="OpenAI-compatible multi-LoRA serving on Ray Serve")
@@ -79,6 +80,7 @@ async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:
 @serve.ingress(app)
 class Ingress:
     def __init__(self, cfg: dict, llms: dict, images: dict, registry: Any) -> None:
+        to_replica_log()
         self.cfg = AppConfig.model_validate(cfg)
         self.llms, self.images, self.registry = llms, images, registry
         self.image_cfgs = {c.name: c for c in self.cfg.image}

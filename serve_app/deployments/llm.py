@@ -21,6 +21,7 @@ from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
 from adapters.validate import ValidatedAdapter, ValidationRules, validate_text_lora
 from serve_app.config import LLMConfig, SourceOptions
+from serve_app.deployments.logs import to_replica_log
 from serve_app.deployments.registry_sync import RegistryFollower
 from serve_app.deployments.residency import ResidencyReporter
 
@@ -71,6 +72,7 @@ def make_fetcher(sources: SourceOptions) -> Fetcher:
 @serve.deployment
 class LLMDeployment:
     async def __init__(self, cfg: dict, sources: dict, registry: Any = None) -> None:
+        to_replica_log()
         self.cfg = LLMConfig.model_validate(cfg)
         src = SourceOptions.model_validate(sources)
         self.rules = ValidationRules(

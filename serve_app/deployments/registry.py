@@ -13,6 +13,7 @@ from ray import serve
 
 from adapters.errors import AdapterExistsError, UnknownModelError
 from adapters.spec import AdapterSpec
+from serve_app.deployments.logs import to_replica_log
 
 logger = logging.getLogger("serve_app.registry")
 
@@ -21,6 +22,7 @@ logger = logging.getLogger("serve_app.registry")
 class AdapterRegistry:
     def __init__(self, bases: dict[str, dict[str, Any]]) -> None:
         """``bases``: base id -> {"kind": "text"|"image", "root": model ref, "adapters": [spec]}."""
+        to_replica_log()
         self.version = 1
         self.bases = {
             base: {

@@ -1,0 +1,163 @@
+"""Adapter-aware routing vs Ray Serve's built-in multiplex routing on the REAL app: vLLM CPU
+replicas of the tiny demo model, real adapters, the same seeded Zipf trace, one after the other.
+
+    .venv/bin/python -m benchmarks.routing_real [--replicas 3] [--slots 2] [--adapters 8]
+
+Counts adapter loads from the replicas' own logs (the pool logs every "-> ready"), requests per
+replica from Serve's access log lines, and latency at the client. Prints ours/built-in ratios.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import socket
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.adapter_copies import make_adapter_copies
+
+BASE = "tiny-llama"
+
+
+def zipf_trace(n: int, names: list[str], s: float, seed: int = 11) -> list[str]:
+    rng = random.Random(seed)
+    weights = [1 / (i + 1) ** s for i in range(len(names))]
+    return rng.choices(names, weights=weights, k=n)
+
+
+async def replay(url: str, trace: list[str], concurrency: int, max_tokens: int) -> dict:
+    sem = asyncio.Semaphore(concurrency)
+    lat: list[float] = []
+
+    async def one(client: httpx.AsyncClient, adapter: str) -> None:
+        body = {
+            "model": f"{BASE}:{adapter}",
+            "prompt": "Hello",
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        async with sem:
+            t = time.perf_counter()
+            resp = await client.post(f"{url}/v1/completions", json=body)
+            lat.append(time.perf_counter() - t)
+        resp.raise_for_status()
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(one(client, a) for a in trace))
+        wall = time.perf_counter() - start
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
+    return {"req_per_s": len(trace) / wall, "p50_s": q(0.5), "p99_s": q(0.99)}
+
+
+def replica_counts(log_dir: Path) -> tuple[int, list[int]]:
+    """(adapter loads, requests per replica) from the LLM replicas' Serve log files."""
+    loads, per_replica = 0, []
+    for f in sorted(log_dir.glob("replica_loraserve_llm_*.log")):
+        text = f.read_text(errors="replace")
+        loads += len(re.findall(r"adapter \S+: loading -> ready", text))
+        per_replica.append(len(re.findall(r"CALL generate OK", text)))
+    return loads, per_replica
+
+
+def run_one(router: str, args, adapters: dict, demo: dict, root: Path) -> dict:
+    import ray
+    from ray import serve
+
+    from serve_app import build_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    log_dir = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg = {
+        "sources": {"allowed_roots": [str(root)]},
+        "llm": [
+            {
+                "name": BASE,
+                "model": demo["base"],
+                "dtype": "float32",
+                "max_model_len": 256,
+                "max_loras": args.slots,
+                "max_cpu_loras": args.slots,
+                "max_lora_rank": 16,
+                "engine_kwargs": {"enforce_eager": True},
+                "adapters": [{"name": n, "source": p} for n, p in adapters.items()],
+                "deployment": {
+                    "num_replicas": args.replicas,
+                    "router": router,
+                    "max_ongoing_requests": args.capacity,
+                    "ray_actor_options": {"num_cpus": 0.5},
+                },
+            }
+        ],
+    }
+    serve.run(build_app(cfg), name="loraserve", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    httpx.post(
+        f"{url}/v1/completions", json={"model": BASE, "prompt": "hi", "max_tokens": 2}, timeout=300
+    ).raise_for_status()
+    trace = zipf_trace(args.requests, list(adapters), args.zipf)
+    res = asyncio.run(replay(url, trace, args.concurrency, args.max_tokens))
+    time.sleep(2)  # let the replicas flush their logs
+    loads, per_replica = replica_counts(log_dir)
+    serve.shutdown()
+    ray.shutdown()
+    mean = sum(per_replica) / max(1, len(per_replica))
+    return {
+        **res,
+        "loads": loads,
+        "loads_per_1000": 1000 * loads / len(trace),
+        "requests_per_replica": per_replica,
+        "max_over_mean": max(per_replica) / mean if mean else 0.0,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--replicas", type=int, default=3)
+    p.add_argument("--slots", type=int, default=2, help="adapters resident per replica")
+    p.add_argument("--adapters", type=int, default=8)
+    p.add_argument("--requests", type=int, default=240)
+    p.add_argument("--concurrency", type=int, default=6)
+    p.add_argument("--capacity", type=int, default=4, help="max_ongoing_requests per replica")
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--zipf", type=float, default=1.0)
+    p.add_argument("--out", default="results/routing_real.json")
+    args = p.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    from serve_app.demo.llm_assets import build_llm_assets
+
+    demo = build_llm_assets(Path(os.environ.get("LORASERVE_DEMO_DIR", ".demo")))
+    root = Path("results/routing-adapters").resolve()
+    adapters = make_adapter_copies(demo["adapters"]["pirate"], args.adapters, root)
+    results = {}
+    for router in ("adapter_aware", "builtin"):
+        results[router] = r = run_one(router, args, adapters, demo, root)
+        print(
+            f"{router:14s} loads/1000 {r['loads_per_1000']:6.1f}  p50 {r['p50_s'] * 1000:6.0f} ms"
+            f"  p99 {r['p99_s'] * 1000:6.0f} ms  {r['req_per_s']:5.2f} req/s  "
+            f"per replica {r['requests_per_replica']} (max/mean {r['max_over_mean']:.2f})",
+            flush=True,
+        )
+    a, b = results["adapter_aware"], results["builtin"]
+    print(
+        f"ratios ours/built-in: loads {a['loads'] / max(1, b['loads']):.2f}x  "
+        f"p99 {a['p99_s'] / b['p99_s']:.2f}x  throughput {a['req_per_s'] / b['req_per_s']:.2f}x"
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
