@@ -149,7 +149,7 @@ class ImageDeployment:
         delete it): a LoRA for another base is refused here, before registration."""
         s = self._spec(spec)
         prepared = await self._prepare(s)
-        info = await self.engine.check_lora(prepared.path, prepared.weight_name)
+        info = await self.engine.check_lora(s.name, prepared.path, prepared.weight_name)
         return s.model_copy(
             update={"size_bytes": prepared.size_bytes, "rank": info["rank"] or None}
         ).model_dump(mode="json")

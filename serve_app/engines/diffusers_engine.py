@@ -95,19 +95,19 @@ class DiffusersEngine:
         this pipeline raises InvalidAdapterError and leaves nothing of itself behind.
         """
         async with self._lock:
-            return await self._run(self._load_lora, name, str(path), weight_name)
+            return await self._run(self._load_lora, name, _key(name), str(path), weight_name)
 
     async def unload_lora(self, name: str) -> int:
         """Delete adapter ``name`` from every component; returns the bytes it held."""
         async with self._lock:
-            return await self._run(self._unload_lora, name)
+            return await self._run(self._unload_lora, _key(name))
 
-    async def check_lora(self, path: str | Path, weight_name: str | None) -> dict:
+    async def check_lora(self, name: str, path: str | Path, weight_name: str | None) -> dict:
         """Load into the pipeline under a scratch name and delete again: does this LoRA fit?"""
+        scratch = f"-check-{_key(name)}"  # adapter names start with a letter or digit
         async with self._lock:
-            scratch = f"_check_{random.getrandbits(32):08x}"
             try:
-                return await self._run(self._load_lora, scratch, str(path), weight_name)
+                return await self._run(self._load_lora, name, scratch, str(path), weight_name)
             finally:
                 await self._run(self._unload_lora, scratch)
 
@@ -117,32 +117,36 @@ class DiffusersEngine:
         # a dict changing under iteration raises; read again.
         for _ in range(10):
             try:
-                return sorted({n for ns in self.pipe.get_list_adapters().values() for n in ns})
+                keys = {k for ks in self.pipe.get_list_adapters().values() for k in ks}
+                return sorted(_unkey(k) for k in keys)
             except RuntimeError:
                 time.sleep(0.001)
-        return sorted({n for ns in self.pipe.get_list_adapters().values() for n in ns})
+        return sorted({_unkey(k) for ks in self.pipe.get_list_adapters().values() for k in ks})
 
     def adapter_bytes(self, name: str) -> int:
         """Bytes of LoRA parameters adapter ``name`` holds in the pipeline (0 if none)."""
+        return self._bytes(_key(name))
+
+    def _bytes(self, key: str) -> int:
         total = 0
         for model in self._models():
             for pname, p in model.named_parameters():
-                if f".{name}." in pname and ".lora_" in pname:
+                if f".{key}." in pname and ".lora_" in pname:
                     total += p.numel() * p.element_size()
         return total
 
-    def _load_lora(self, name: str, path: str, weight_name: str | None) -> dict:
+    def _load_lora(self, name: str, key: str, path: str, weight_name: str | None) -> dict:
         catcher = _UnhandledKeys()
         logging.getLogger("diffusers.utils.peft_utils").addHandler(catcher)
         try:
-            self.pipe.load_lora_weights(path, weight_name=weight_name, adapter_name=name)
+            self.pipe.load_lora_weights(path, weight_name=weight_name, adapter_name=key)
         except Exception as e:
-            self._purge(name)
+            self._purge(key)
             raise _load_error(name, e) from e
         finally:
             logging.getLogger("diffusers.utils.peft_utils").removeHandler(catcher)
-        if catcher.messages or name not in self.engine_adapters():
-            self._purge(name)
+        if catcher.messages or key not in _keys(self.pipe):
+            self._purge(key)
             detail = catcher.messages[0][:300] if catcher.messages else "no tensor matches a layer"
             raise InvalidAdapterError(
                 f"adapter '{name}' does not fit this pipeline (made for another base model?): "
@@ -152,29 +156,29 @@ class DiffusersEngine:
             cfg.r
             for m in self._models()
             for n, cfg in getattr(m, "peft_config", {}).items()
-            if n == name
+            if n == key
         ]
-        info = {"rank": max(ranks, default=0), "bytes": self.adapter_bytes(name)}
+        info = {"rank": max(ranks, default=0), "bytes": self._bytes(key)}
         log.info("adapter %s: loaded into pipeline (%s)", name, info)
         return info
 
-    def _unload_lora(self, name: str) -> int:
-        freed = self.adapter_bytes(name)
-        if name in self.engine_adapters():
-            self.pipe.delete_adapters([name])
-        self._purge(name)
-        log.info("adapter %s: deleted from pipeline, %d bytes freed", name, freed)
+    def _unload_lora(self, key: str) -> int:
+        freed = self._bytes(key)
+        if key in _keys(self.pipe):
+            self.pipe.delete_adapters([key])
+        self._purge(key)
+        log.info("adapter %s: deleted from pipeline, %d bytes freed", _unkey(key), freed)
         return freed
 
-    def _purge(self, name: str) -> None:
-        """Remove every trace of ``name`` (a failed load can leave layers in some components)."""
+    def _purge(self, key: str) -> None:
+        """Remove every trace of ``key`` (a failed load can leave layers in some components)."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         for model in self._models():
             for module in model.modules():
-                if isinstance(module, BaseTunerLayer) and name in getattr(module, "lora_A", {}):
-                    module.delete_adapter(name)
-            getattr(model, "peft_config", {}).pop(name, None)
+                if isinstance(module, BaseTunerLayer) and key in getattr(module, "lora_A", {}):
+                    module.delete_adapter(key)
+            getattr(model, "peft_config", {}).pop(key, None)
 
     def _models(self) -> list[torch.nn.Module]:
         return [
@@ -276,11 +280,11 @@ class DiffusersEngine:
 
     def _activate(self, adapters: tuple[tuple[str, float], ...]) -> None:
         if not adapters:
-            if self.engine_adapters():
+            if _keys(self.pipe):
                 self.pipe.disable_lora()
             return
         names, weights = zip(*adapters, strict=True)
-        self.pipe.set_adapters(list(names), adapter_weights=list(weights))
+        self.pipe.set_adapters([_key(n) for n in names], adapter_weights=list(weights))
         # NOTE: set_adapters does not undo an earlier disable_lora(); without this the request
         # would silently get the base model.
         self.pipe.enable_lora()
@@ -311,6 +315,28 @@ class _UnhandledKeys(logging.Handler):
         msg = record.getMessage()
         if "unexpected keys" in msg or "missing keys" in msg:
             self.messages.append(msg)
+
+
+def _key(name: str) -> str:
+    """Adapter name -> PEFT adapter key: PEFT keeps adapters in ModuleDicts, whose keys cannot
+    contain '.', which our names may. Injective: '_' -> '__', '.' -> '_o'."""
+    return name.replace("_", "__").replace(".", "_o")
+
+
+def _unkey(key: str) -> str:
+    out, i = [], 0
+    while i < len(key):
+        if key[i] == "_" and i + 1 < len(key):
+            out.append("_" if key[i + 1] == "_" else ".")
+            i += 2
+        else:
+            out.append(key[i])
+            i += 1
+    return "".join(out)
+
+
+def _keys(pipe: Any) -> set[str]:
+    return {k for ks in pipe.get_list_adapters().values() for k in ks}
 
 
 def _load_error(name: str, e: Exception) -> Exception:
