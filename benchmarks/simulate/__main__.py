@@ -1,9 +1,10 @@
 """``python -m benchmarks.simulate``: the routing policy at fleet scale versus a built-in model.
 
 Defaults: 1,000 replicas x 16 adapter slots, 100,000 adapters with Zipf(1.1) popularity,
-200,000 requests at 60% of service capacity, 4 requests served at once per replica (8 accepted),
-0.2 s adapter load, 0.02 s service. Prints loads, latency, load balance and the policy's decision
-time, and writes them to ``--out`` as JSON.
+40,000 requests arriving at 15% of pure service capacity (about 60% once adapter loads count),
+4 requests served at once per replica (8 accepted), 0.2 s adapter load, 0.02 s service.
+Prints loads, latency, load balance and the policy's decision time, and writes them to ``--out``
+as JSON.
 """
 
 import argparse
@@ -22,8 +23,8 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--adapters", type=int, default=100_000)
     p.add_argument("--zipf", type=float, default=1.1)
-    p.add_argument("--requests", type=int, default=200_000)
-    p.add_argument("--util", type=float, default=0.6)
+    p.add_argument("--requests", type=int, default=40_000)
+    p.add_argument("--util", type=float, default=0.15)
     p.add_argument("--clients", type=int, default=0, help="closed loop with N clients (0: open)")
     p.add_argument("--k", type=int, default=4, help="requests served at once per replica")
     p.add_argument("--max-ongoing", type=int, default=8)
