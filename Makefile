@@ -27,8 +27,8 @@ $(VENV)/.installed-$(VLLM): pyproject.toml
 demo: $(DEMO)/.built
 
 $(DEMO)/.built: $(VENV)/.installed-$(VLLM) $(wildcard serve_app/demo/*.py)
-	rm -rf $(DEMO)
-	$(PY) -m serve_app.demo $(DEMO) > /dev/null
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(PY) -m serve_app.demo $(DEMO) > $(DEMO)/build.log 2>&1 || (cat $(DEMO)/build.log; exit 1)
 	touch $@
 
 run: env demo
@@ -40,7 +40,7 @@ lint: env
 	$(VENV)/bin/ruff format --check .
 
 test: env demo lint
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra --durations=10
 
 clean:
 	rm -rf $(DEMO)

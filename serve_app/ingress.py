@@ -24,6 +24,7 @@ from serve_app.config import AppConfig
 from serve_app.deployments.logs import to_replica_log
 
 logger = logging.getLogger("serve_app.ingress")
+CATALOG_REFRESH_S = 0.5
 app = FastAPI(title="loraserve", description="OpenAI-compatible multi-LoRA serving on Ray Serve")
 
 
@@ -86,22 +87,49 @@ class Ingress:
         self.image_cfgs = {c.name: c for c in self.cfg.image}
         self.catalog: dict[str, Any] = {"version": 0, "bases": {}}
         self._refresh_lock = asyncio.Lock()
+        self._poller: asyncio.Task | None = None
 
     # ---- catalogue -------------------------------------------------------------------------
 
+    # NOTE: requests read a cached catalogue that a background task refreshes every
+    # CATALOG_REFRESH_S; admin writes refresh at once, and an unknown name refreshes once before
+    # answering 404, so an adapter registered through another ingress replica is found too.
+
+    async def _bases(self) -> dict[str, Any]:
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+            await self._refresh(force=True)
+        return self.catalog["bases"]
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(CATALOG_REFRESH_S)
+            try:
+                await self._refresh()
+            except Exception as e:  # the registry restarting must not stop the ingress
+                logger.warning("catalogue refresh failed: %r", e)
+
     async def _refresh(self, force: bool = False) -> dict[str, Any]:
-        """Re-read the registry when it changed (polled per request: one tiny versioned call)."""
+        """Re-read the registry if it changed (one tiny versioned call)."""
         async with self._refresh_lock:
             snap = await self.registry.snapshot.remote(0 if force else self.catalog["version"])
             if snap is not None:
                 self.catalog = snap
         return self.catalog["bases"]
 
+    async def _lookup(self, model: str) -> ids.ModelId:
+        bases = await self._bases()
+        try:
+            return ids.resolve(model, {b: v["adapters"].keys() for b, v in bases.items()})
+        except UnknownModelError:
+            bases = await self._refresh()
+            return ids.resolve(model, {b: v["adapters"].keys() for b, v in bases.items()})
+
     async def _resolve(self, model: Any, kind: str) -> tuple[str, AdapterSpec | None]:
-        bases = await self._refresh()
         if not isinstance(model, str):
             raise errors.InvalidRequestError("'model' must be a string", param="model")
-        mid = ids.resolve(model, {b: v["adapters"].keys() for b, v in bases.items()})
+        mid = await self._lookup(model)
+        bases = self.catalog["bases"]
         if bases[mid.base]["kind"] != kind:
             route = "/v1/images/generations" if kind == "text" else "/v1/completions"
             raise errors.InvalidRequestError(
@@ -114,7 +142,7 @@ class Ingress:
 
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
-        bases = await self._refresh()
+        bases = await self._bases()
         data = []
         for base, b in bases.items():
             data.append(_card(base, None, b["root"]))
@@ -219,8 +247,8 @@ class Ingress:
         return {"id": f"{base}:{spec.name}", "object": "adapter", "pinned": pinned}
 
     async def _admin_target(self, name: str) -> tuple[str, AdapterSpec]:
-        bases = await self._refresh()
-        mid = ids.resolve(name, {b: v["adapters"].keys() for b, v in bases.items()})
+        mid = await self._lookup(name)
+        bases = self.catalog["bases"]
         if mid.adapter is None:
             raise errors.InvalidRequestError(f"'{name}' is a base model, not an adapter")
         return mid.base, AdapterSpec.model_validate(bases[mid.base]["adapters"][mid.adapter])

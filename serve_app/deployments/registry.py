@@ -18,7 +18,13 @@ from serve_app.deployments.logs import to_replica_log
 logger = logging.getLogger("serve_app.registry")
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+# Polled by every ingress and model replica: no access log line per poll.
+@serve.deployment(
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=1000,
+    logging_config={"enable_access_log": False},
+)
 class AdapterRegistry:
     def __init__(self, bases: dict[str, dict[str, Any]]) -> None:
         """``bases``: base id -> {"kind": "text"|"image", "root": model ref, "adapters": [spec]}."""
