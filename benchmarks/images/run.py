@@ -84,7 +84,7 @@ def _config(assets: dict, adapters: dict[str, dict], root: Path) -> dict:
             "default_size": 64,
             "max_steps": 50,
             "adapters": list(adapters.values()),
-            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
+            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}},
         }
 
     return {
@@ -119,9 +119,9 @@ async def _scenarios(url: str, names: list[str], setup: Setup) -> list[dict]:
                 ("naive", NAIVE, True),
             ]:
                 trace = [{**r, **common} for r in _trace(base, names, setup.requests, rotate)]
-                before = _snapshot(base)
+                before = await _snapshot(base)
                 stats = await _drive(client, trace, conc)
-                after = _snapshot(base)
+                after = await _snapshot(base)
                 stats.update(
                     scenario=scenario,
                     concurrency=conc,
@@ -162,11 +162,11 @@ async def _post(client: httpx.AsyncClient, body: dict) -> None:
     resp.raise_for_status()
 
 
-def _snapshot(base: str) -> dict:
+async def _snapshot(base: str) -> dict:
     from ray import serve
 
     handle = serve.get_deployment_handle(f"image:{base}", app_name="bench")
-    return handle.adapter_snapshot.remote().result()
+    return await handle.adapter_snapshot.remote()
 
 
 async def _wait_ready(client: httpx.AsyncClient, timeout_s: float = 600) -> None:
