@@ -8,6 +8,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from adapters.spec import AdapterKind
 from serve_app.config import AppConfig, DeploymentOptions
 
 
@@ -19,14 +20,14 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     cfg = _absolute(args if isinstance(args, AppConfig) else AppConfig.model_validate(args))
     bases = {
         m.name: {
-            "kind": kind,
+            "kind": kind.value,
             "root": m.model,
             "adapters": [
                 a.model_copy(update={"base": m.name, "kind": kind}).model_dump(mode="json")
                 for a in m.adapters
             ],
         }
-        for kind, models in (("text", cfg.llm), ("image", cfg.image))
+        for kind, models in ((AdapterKind.TEXT, cfg.llm), (AdapterKind.IMAGE, cfg.image))
         for m in models
     }
     registry = AdapterRegistry.bind(bases)

@@ -117,6 +117,11 @@ class ImageConfig(_Strict):
     max_resident_bytes: PositiveInt | None = Field(default=None, description="Byte budget.")
     eviction: Literal["lru", "lfu"] = "lru"
     max_mix: PositiveInt = Field(default=4, description="Most LoRAs in one weighted mix.")
+    max_batch: PositiveInt = Field(
+        default=8,
+        description="Most same-adapter-set requests run as one pipeline call; 1 makes images "
+        "byte-identical to solo runs under load.",
+    )
     max_size: PositiveInt = Field(default=1024, description="Largest width/height in pixels.")
     default_size: PositiveInt = Field(default=512, description="Size when a request omits it.")
     max_n: PositiveInt = Field(default=4, description="Most images per request.")
@@ -133,6 +138,11 @@ class ImageConfig(_Strict):
             raise ValueError("default_size must be a multiple of 8 and <= max_size")
         if self.default_steps > self.max_steps:
             raise ValueError("default_steps must be <= max_steps")
+        if self.max_mix > self.max_adapters:
+            raise ValueError(
+                f"max_mix ({self.max_mix}) must be <= max_adapters ({self.max_adapters}): "
+                "a full mix must fit in the working set"
+            )
         return self
 
 

@@ -17,7 +17,9 @@ loraserve demo: starting on {URL} (first start takes a minute: engines load)
   curl -N {URL}/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{{"model": "poet", "messages": [{{"role": "user", "content": "hi"}}], "stream": true}}'
   curl {URL}/v1/images/generations -H 'Content-Type: application/json' \\
-       -d '{{"model": "tiny-sd:style3d", "prompt": "a cat", "size": "32x32", "seed": 1}}'
+       -d '{{"model": "tiny-sd:style3d", "prompt": "a red fox", "seed": 1}}' \\
+       | python3 -c "import sys, json, base64; \\
+sys.stdout.buffer.write(base64.b64decode(json.load(sys.stdin)['data'][0]['b64_json']))" > fox.png
   curl {URL}/v1/adapters -H 'Authorization: Bearer {token}'
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{URL}/v1', api_key='x'); \\

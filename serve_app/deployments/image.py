@@ -18,13 +18,11 @@ from typing import Any
 
 from ray import serve
 
-from adapters.pool import AdapterPool
-from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
 from adapters.validate import ValidationRules, validate_weight_file
 from serve_app.config import ImageConfig, SourceOptions
-from serve_app.deployments.registry_sync import RegistryFollower
-from serve_app.deployments.residency import ResidencyReporter
+from serve_app.deployments.logs import to_replica_log
+from serve_app.deployments.working_set import WorkingSet, make_fetcher
 from serve_app.errors import InvalidRequestError
 from serve_app.image_api import ImageGenerationRequest
 
@@ -54,6 +52,7 @@ class ImageDeployment:
         """``engine_options`` are extra DiffusersEngine arguments (e.g. ``max_batch``)."""
         from serve_app.engines.diffusers_engine import DiffusersEngine  # heavy: torch, diffusers
 
+        to_replica_log()
         self.cfg = ImageConfig.model_validate(cfg)
         src = SourceOptions.model_validate(sources)
         self.rules = ValidationRules(
@@ -62,35 +61,25 @@ class ImageDeployment:
             max_bytes=src.max_adapter_bytes,
             check_base_model=src.check_base_model,
         )
-        self.fetcher = Fetcher(
-            allowed_roots=src.allowed_roots,
-            cache_dir=os.path.expanduser(src.cache_dir),
-            cache_max_bytes=src.cache_max_bytes,
-            s3_endpoint_url=src.s3_endpoint_url,
-            timeout_s=src.fetch_timeout_s,
-            retries=src.fetch_retries,
-            max_bytes=src.max_adapter_bytes,
-        )
+        self.fetcher = make_fetcher(src)
         self.engine = DiffusersEngine(
-            self.cfg.model, dtype=self.cfg.dtype, **(engine_options or {})
+            self.cfg.model,
+            dtype=self.cfg.dtype,
+            **{"max_batch": self.cfg.max_batch, **(engine_options or {})},
         )
         await self.engine.start()
-        self.residency = ResidencyReporter()
-        self.pool = AdapterPool(
+        ws = await WorkingSet.start(
+            base=self.cfg.name,
             prepare=self._prepare,
             load=self._load,
             unload=self.engine.unload_lora,
             max_count=self.cfg.max_adapters,
             max_bytes=self.cfg.max_resident_bytes,
             policy=self.cfg.eviction,
-            on_event=self.residency.on_pool_event,
-            name=self.cfg.name,
+            registry=registry,
+            pinned=[self._spec(a.model_dump()) for a in self.cfg.adapters if a.pinned],
         )
-        self.residency.bind(self.pool)
-        self.follower = RegistryFollower(registry, self.cfg.name, self.pool) if registry else None
-        for spec in self.cfg.adapters:
-            if spec.pinned:
-                await self.pool.pin(self._spec(spec.model_dump()))
+        self.pool, self.residency = ws.pool, ws.residency
 
     def _spec(self, spec: dict) -> AdapterSpec:
         s = AdapterSpec.model_validate(spec)
@@ -123,7 +112,7 @@ class ImageDeployment:
                 "adapters",
             )
         width, height = req.dimensions()
-        with self.residency.request():
+        with self.residency.request(*(spec.name for spec, _ in mix)):
             async with AsyncExitStack() as held:
                 # NOTE: a fixed order, so two mixes never each hold half of what the other needs.
                 for spec, _ in sorted(mix, key=lambda m: m[0].name):

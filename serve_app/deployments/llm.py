@@ -16,14 +16,11 @@ from typing import Any
 
 from ray import serve
 
-from adapters.pool import AdapterPool
-from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
 from adapters.validate import ValidatedAdapter, ValidationRules, validate_text_lora
 from serve_app.config import LLMConfig, SourceOptions
 from serve_app.deployments.logs import to_replica_log
-from serve_app.deployments.registry_sync import RegistryFollower
-from serve_app.deployments.residency import ResidencyReporter
+from serve_app.deployments.working_set import WorkingSet, make_fetcher
 
 logger = logging.getLogger("serve_app.llm")
 
@@ -57,18 +54,6 @@ def make_engine(cfg: LLMConfig) -> Any:
     )
 
 
-def make_fetcher(sources: SourceOptions) -> Fetcher:
-    return Fetcher(
-        allowed_roots=sources.allowed_roots,
-        cache_dir=os.path.expanduser(sources.cache_dir),
-        cache_max_bytes=sources.cache_max_bytes,
-        s3_endpoint_url=sources.s3_endpoint_url,
-        timeout_s=sources.fetch_timeout_s,
-        retries=sources.fetch_retries,
-        max_bytes=sources.max_adapter_bytes,
-    )
-
-
 @serve.deployment
 class LLMDeployment:
     async def __init__(self, cfg: dict, sources: dict, registry: Any = None) -> None:
@@ -84,22 +69,20 @@ class LLMDeployment:
         self.fetcher = make_fetcher(src)
         self.engine = make_engine(self.cfg)
         await self.engine.start()
-        self.residency = ResidencyReporter()
-        self.pool = AdapterPool(
+        ws = await WorkingSet.start(
+            base=self.cfg.name,
             prepare=self._prepare,
             load=self._load,
             unload=self.engine.unload_adapter,
             max_count=self.cfg.max_cpu_loras,
             max_bytes=self.cfg.max_resident_bytes,
             policy=self.cfg.eviction,
-            on_event=self.residency.on_pool_event,
-            name=self.cfg.name,
+            registry=registry,
+            pinned=[
+                a.model_copy(update={"base": self.cfg.name}) for a in self.cfg.adapters if a.pinned
+            ],
         )
-        self.residency.bind(self.pool)
-        self.follower = RegistryFollower(registry, self.cfg.name, self.pool) if registry else None
-        for spec in self.cfg.adapters:
-            if spec.pinned:
-                await self.pool.pin(spec.model_copy(update={"base": self.cfg.name}))
+        self.pool, self.residency = ws.pool, ws.residency
 
     async def _prepare(self, spec: AdapterSpec) -> ValidatedAdapter:
         path = await self.fetcher.fetch(spec)
@@ -114,12 +97,13 @@ class LLMDeployment:
     ) -> AsyncIterator[dict | str | None]:
         """Serve one completions/chat request; see the module docstring for the item protocol."""
         call = self.engine.completions if kind == "completions" else self.engine.chat
-        with self.residency.request():
-            if spec is None:
+        if spec is None:
+            with self.residency.request():
                 async for item in _items(await call({**body, "model": self.cfg.name})):
                     yield item
-                return
-            adapter = AdapterSpec.model_validate(spec)
+            return
+        adapter = AdapterSpec.model_validate(spec)
+        with self.residency.request(adapter.name):
             async with self.pool.use(adapter):
                 async for item in _items(await call({**body, "model": adapter.name})):
                     yield item

@@ -59,9 +59,10 @@ def routing_stats(
 
     Keys: ``v`` (a per-process sequence number: routers ignore a report older than one already
     seen, because Serve's periodic poll can land after a fresher push), ``resident``,
-    ``loading``, ``slots`` (working-set capacity), ``victims`` (the next two eviction candidates
-    as ``[name, last used unix s]``: the snapshot's ``eviction_order`` when it has one, else the
-    resident adapters least recently used first), ``ongoing`` (when given).
+    ``loading``, ``slots`` (working-set capacity), ``victims`` (the next four eviction candidates
+    as ``[name, last used unix s]``, in use or not: the snapshot's ``eviction_order`` when it has
+    one, else the resident adapters least recently used first; routers skip those they know to be
+    in use), ``ongoing`` (when given).
     """
     stats: dict[str, Any] = {
         "v": next(_seq),
@@ -74,7 +75,7 @@ def routing_stats(
     order = pool_snapshot.get("eviction_order")
     if order is None:
         order = sorted(stats["resident"], key=lambda a: used.get(a, 0.0))
-    stats["victims"] = [[a, used.get(a, 0.0)] for a in order[:2]]
+    stats["victims"] = [[a, used.get(a, 0.0)] for a in order[:4]]
     if ongoing is not None:
         stats["ongoing"] = int(ongoing)
     return stats

@@ -6,47 +6,56 @@ No Ray here: the Ray Serve router (router.py), the unit tests and the 1,000-repl
 Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongoing(r)``):
 
 1. **Hit.** Replicas holding ``a`` (resident, or a load already started) whose load is below
-   ``spill_at``, least loaded first; resident before loading at equal load.
-2. **Spill (hot adapter).** Every holder is at or above ``spill_at``: add ONE more replica, the
-   best rendezvous score for ``a`` among non-holders whose load is below ``spill_to``. Rendezvous
-   scores are fixed per (adapter, replica), so a hot adapter gains replicas in a stable order,
-   and, once it cools, stops being sent to the extra copies and eviction reclaims them. When no
-   replica is below ``spill_to`` (the whole fleet is busy) the request waits for its holders.
-3. **Cold placement.** No holder: the best rendezvous score for ``a`` among replicas below
-   ``place_below``; replicas with a free adapter slot come first, so placing a cold adapter evicts
-   nothing while there is room. Every router instance computes the same score without talking
-   to the others, so a burst of requests for one cold adapter loads it on one replica, not on
-   every replica. When every replica is busy, the adapter waits for its rendezvous home.
-4. **Fallback.** A request unrouted for ``max_wait_s`` (all its preferred replicas stayed full)
-   also gets the least loaded replicas, so nothing starves behind a busy holder.
+   ``spill_at``, least loaded first (join-shortest-queue among holders); resident before loading
+   at equal load. When every holder is full the request queues for a holder, even one that is
+   still loading ``a``: a load in progress is never a reason to load it somewhere else.
+2. **Spill (hot adapter).** ``a`` is *hot* when its observed share of requests (aged counts this
+   router keeps, see ``observe``) x the number of replicas x ``hot_factor`` exceeds its number of
+   holders. A hot adapter whose holders are all at or above ``spill_to`` gains ONE more replica,
+   put first: the best placement score (below) among non-holders below ``spill_to``. So a hot
+   adapter grows copies early and stops growing once its holders have room, while a merely busy
+   adapter (e.g. a burst for one cold adapter) stays on its one holder. When the adapter cools,
+   its extra copies stop being chosen first and eviction reclaims them.
+3. **Cold placement with admission.** No holder: while the request has waited less than
+   ``admit_wait_s``, only replicas below ``place_below`` that have a free slot or whose next
+   eviction victim is no more requested than ``a`` are eligible; when none is, the request waits
+   (an empty preference list: Ray backs off and asks again) rather than evicting a popular
+   adapter. A victim in use is not evictable now, so it frees up within a service time, while a
+   popular adapter evicted costs a load later; together with frequency-aware eviction on the
+   replicas (the pool's ``lfu``) this makes the fleet behave like one combined LFU cache. After
+   ``admit_wait_s`` every replica below ``place_below`` is eligible.
+   Among eligible replicas the score is, in order: a free slot; how rarely the replica's next
+   victim (``victims``) is requested (bucketed by powers of two); load below ``spill_to``; how long
+   ago that victim was last used (powers of two of milliseconds); then the rendezvous hash of
+   ``a``, fixed per (adapter, replica), so every router instance picks the same home without
+   talking to the others and a burst for one cold adapter loads it on one replica. A replica
+   with nothing evictable now (every resident adapter in use) is never a cheap target. An adapter
+   just placed uses up the replica's free slot or first victim, so a burst of different cold
+   adapters spreads. When every replica is busy, the adapter waits for its rendezvous home.
+4. **Fallback.** A request unrouted for ``max_wait_s`` also gets the least loaded replicas, so
+   nothing starves behind a stuck holder.
 
 Base-model requests (no adapter) go to the least loaded replicas (ties broken by a fixed random
 order). A request naming several adapters (an image mix) prefers replicas holding most of the
 set (most held first, then least loaded), then cold-places the whole set by the rendezvous score
 of its joined key, so the same mix keeps going to the same replica.
 
-Eviction awareness: a placement (cold or spill) evicts something unless the replica has a free
-slot, so among eligible replicas the score is, in order: load below ``spill_to``; a free slot;
-how rarely the replica's next eviction victim (``victims``) is requested (aged counts this router
-keeps, see ``observe``; bucketed by powers of two); how long ago that victim was last used
-(bucketed by powers of two of milliseconds); then the rendezvous hash. Evicting the globally
-least valuable adapter makes the fleet behave like one big frequency-aware cache. An adapter just
-placed on a replica uses up its free slot or its first victim, so a burst of different cold
-adapters spreads instead of piling on one replica.
-
 Knobs (``Knobs``):
-- ``spill_at`` (1.0): load at which a holder counts as busy. 1.0 = only when full.
-- ``spill_to`` (0.5): a spill target must be below this load, so spilling relieves a hot adapter
-  rather than moving the queue.
-- ``spill_after_s`` (0.05): a request spills only after waiting this long for a busy holder
-  (waiting one service time is often cheaper than loading the adapter elsewhere).
+- ``spill_at`` (1.0): load at which a holder counts as full. 1.0 = only when full.
+- ``spill_to`` (0.5): a hot adapter spills once all its holders reach this load, and only to a
+  replica below it, so spilling relieves the adapter rather than moving the queue.
+- ``hot_factor`` (1.2): how eagerly an adapter counts as hot (see 2). 1.2 with 3 replicas: an
+  adapter with more than ~28% of requests wants a second copy, more than ~56% a third.
+- ``hot_min_requests`` (20): no adapter is hot before the router has counted this many requests.
 - ``place_below`` (1.0): a cold adapter is placed only on replicas below this load.
-- ``max_wait_s`` (1.0): after waiting this long, a request also accepts the least loaded replicas.
+- ``admit_wait_s`` (0.2): how long a cold adapter waits for a replica whose victim is no more
+  popular than itself (about one adapter load time is a good value; 0 disables admission).
+- ``max_wait_s`` (3.0): after waiting this long, a request also accepts the least loaded replicas.
 - ``max_candidates`` (3): length of the preference list before fallbacks (Ray tries them in
   order, each asked for room, and backs off when all refuse).
 - ``fallbacks`` (2): least loaded replicas appended once ``max_wait_s`` has passed.
-- ``decay_every`` (0 = 10 x the fleet's adapter slots): request counts used to value victims
-  halve after this many requests, so yesterday's hot adapter stops looking valuable.
+- ``decay_every`` (0 = 10 x the fleet's adapter slots, at least 100): request counts halve after
+  this many requests, so yesterday's hot adapter stops looking valuable or hot.
 
 Cost: ``Fleet`` keeps per-replica numpy arrays and an adapter -> holders index, updated
 incrementally; one ranking is a few vector operations over the replicas (tens of microseconds
@@ -72,9 +81,11 @@ class Knobs:
 
     spill_at: float = 1.0
     spill_to: float = 0.5
-    spill_after_s: float = 0.05
+    hot_factor: float = 1.2
+    hot_min_requests: int = 20
     place_below: float = 1.0
-    max_wait_s: float = 1.0
+    admit_wait_s: float = 0.2
+    max_wait_s: float = 3.0
     max_candidates: int = 3
     fallbacks: int = 2
     decay_every: int = 0
@@ -127,14 +138,22 @@ class Decision:
     kinds: dict[str, Kind] = field(default_factory=dict)
 
 
-def with_placed(view: ReplicaView, adapters: set[str]) -> ReplicaView:
-    """``view`` after ``adapters`` were sent there: loading, using up free slots, then victims."""
+def with_placed(view: ReplicaView, adapters: set[str], in_use: Iterable[str] = ()) -> ReplicaView:
+    """``view`` after ``adapters`` were sent there: loading, using up free slots, then evicting
+    victims not ``in_use`` (which stop counting as resident)."""
     new = adapters - view.resident - view.loading
     if not new:
         return view
     free = max(0, view.slots - len(view.resident | view.loading)) if view.slots else len(new)
+    busy = set(in_use)
+    evicted = [v for v in view.victims if v[0] not in busy][: max(0, len(new) - free)]
+    # NOTE: the victims go now, not when the replica reports it: until then a request for one
+    # would be sent here as a hit and load it again.
     return replace(
-        view, loading=view.loading | new, victims=view.victims[max(0, len(new) - free) :]
+        view,
+        resident=view.resident - {a for a, _ in evicted},
+        loading=view.loading | new,
+        victims=tuple(v for v in view.victims if v not in evicted),
     )
 
 
@@ -182,7 +201,14 @@ class Fleet:
         # Aged request counts per adapter (observe), and the count of each replica's first victim.
         self._freq: dict[str, float] = {}
         self._observed = 0
+        self._total = 0.0
         self._victim_of: dict[str, set[int]] = {}
+        self._victim: list[str | None] = []  # each replica's first victim not in use
+        # Requests this router has in flight, per replica and adapter (see ``started``).
+        self._in_use: dict[str, dict[str, int]] = {}
+        # Adapters this router sent to a replica since its last report (they moved back in its
+        # eviction order, whatever the policy: lru or lfu).
+        self._used_since: dict[str, set[str]] = {}
         self._victim_f = np.zeros(0)
         self._tiebreak = np.zeros(0)
         self._hash_cache: dict[str, int] = {}
@@ -213,8 +239,14 @@ class Fleet:
         self._views = {v.id: v for v in views}
         self._rebuild()
 
-    def upsert(self, view: ReplicaView) -> None:
-        """Add a replica or update its residency and numbers."""
+    def upsert(self, view: ReplicaView, reported: bool = True) -> None:
+        """Add a replica or update its residency and numbers.
+
+        ``reported``: the view comes from the replica itself (not from this router's guesses), so
+        its victim order already reflects every use until now.
+        """
+        if reported:
+            self._used_since.pop(view.id, None)
         i = self._index.get(view.id)
         if i is None:
             self._views[view.id] = view
@@ -235,14 +267,24 @@ class Fleet:
         self._ongoing[i] = view.ongoing
         self._cap[i] = max(1, view.max_ongoing)
         self._free_slot[i] = view.slots > 0 and len(view.resident | view.loading) < view.slots
-        self._victim_t[i] = view.victims[0][1] if view.victims else np.nan
-        self._set_victim(i, old.victims[0][0] if old.victims else None)
+        self._set_victim(i)
 
     def add_expected(self, replica_id: str, adapter: str) -> None:
         """Record that ``adapter`` was just sent to ``replica_id`` (counts as loading there)."""
         v = self._views.get(replica_id)
-        if v is not None and adapter not in v.resident and adapter not in v.loading:
-            self.upsert(with_placed(v, {adapter}))
+        if v is None or adapter in v.resident or adapter in v.loading:
+            return
+        i = self._index[replica_id]
+        gone = self._victim[i] if not self._free_slot[i] else None
+        self.upsert(
+            replace(
+                v,
+                resident=v.resident - {gone},
+                loading=v.loading | {adapter},
+                victims=tuple(x for x in v.victims if x[0] != gone),
+            ),
+            reported=False,
+        )
 
     def remove(self, replica_id: str) -> None:
         if self._views.pop(replica_id, None) is not None:
@@ -271,11 +313,13 @@ class Fleet:
         )
         # Fixed random tie-break (seeded by the ids, so every router agrees).
         self._tiebreak = (self._seeds >> np.uint64(11)).astype(np.float64) / float(1 << 53) * 1e-6
-        self._victim_t = np.array([v.victims[0][1] if v.victims else np.nan for v in views])
+        self._victim_t = np.full(len(views), np.nan)
         self._victim_of = {}
+        self._victim = [None] * len(views)
         self._victim_f = np.zeros(len(views))
+        self._in_use = {r: c for r, c in self._in_use.items() if r in self._index}
         for i in range(len(views)):
-            self._set_victim(i, None)
+            self._set_victim(i)
 
     # ---- ranking -------------------------------------------------------------------------
 
@@ -287,15 +331,46 @@ class Fleet:
             h = self._hash_cache[key] = key_hash(key)
         return h
 
-    def _set_victim(self, i: int, old: str | None) -> None:
+    def _set_victim(self, i: int) -> None:
+        """Recompute replica ``i``'s next victim: its first reported one not in use here."""
+        old = self._victim[i]
         if old is not None and old in self._victim_of:
             self._victim_of[old].discard(i)
-        vs = self._views[self._ids[i]].victims
-        if vs:
-            self._victim_of.setdefault(vs[0][0], set()).add(i)
-            self._victim_f[i] = self._freq.get(vs[0][0], 0.0)
-        else:
-            self._victim_f[i] = 0.0
+        rid = self._ids[i]
+        busy = self._in_use.get(rid, {})
+        used = self._used_since.get(rid, ())
+        idle = [v for v in self._views[rid].victims if v[0] not in busy]
+        v = next((v for v in idle if v[0] not in used), idle[0] if idle else None)
+        self._victim[i] = v[0] if v else None
+        if v is not None:
+            self._victim_of.setdefault(v[0], set()).add(i)
+            self._victim_f[i] = self._freq.get(v[0], 0.0)
+            self._victim_t[i] = v[1]
+        else:  # nothing evictable now (all in use, or just placed): not a cheap target
+            self._victim_f[i] = 0.0 if self._free_slot[i] else np.inf
+            self._victim_t[i] = np.nan
+
+    def started(self, replica_id: str, adapters: Iterable[str]) -> None:
+        """A request using ``adapters`` was sent to ``replica_id``: they are in use there."""
+        counts = self._in_use.setdefault(replica_id, {})
+        for a in adapters:
+            counts[a] = counts.get(a, 0) + 1
+        self._used_since.setdefault(replica_id, set()).update(adapters)
+        if replica_id in self._index:
+            self._set_victim(self._index[replica_id])
+
+    def finished(self, replica_id: str, adapters: Iterable[str]) -> None:
+        """A request ``started`` on ``replica_id`` completed."""
+        counts = self._in_use.get(replica_id, {})
+        for a in adapters:
+            n = counts.pop(a, 0) - 1
+            if n > 0:
+                counts[a] = n
+        if replica_id in self._index:
+            self._set_victim(self._index[replica_id])
+
+    def in_use(self, replica_id: str) -> set[str]:
+        return set(self._in_use.get(replica_id, ()))
 
     def observe(self, request: RequestView) -> None:
         """Count one request (once per request, not per ranking) for frequency-aware placement.
@@ -304,6 +379,7 @@ class Fleet:
         """
         for a in request.adapters:
             f = self._freq[a] = self._freq.get(a, 0.0) + 1.0
+            self._total += 1.0
             for i in self._victim_of.get(a, ()):
                 self._victim_f[i] = f
         self._observed += 1
@@ -313,6 +389,7 @@ class Fleet:
         if self._observed >= every:
             self._observed = 0
             self._freq = {a: f / 2 for a, f in self._freq.items() if f >= 1.0}
+            self._total /= 2
             self._victim_f /= 2
 
     def decide(self, request: RequestView) -> Decision:
@@ -334,24 +411,36 @@ class Fleet:
             full = [i for i, c in held.items() if c == need]
             spare = [i for i in (full or held) if load[i] < k.spill_at]
             spare.sort(key=lambda i: (-held[i], load[i], not self._resident(i, request)))
+            if self._hot(request, len(held)) and not any(load[i] < k.spill_to for i in spare):
+                # A hot adapter (by observed rate) whose holders are all half busy: one more copy.
+                mask = load < k.spill_to
+                mask[list(held)] = False
+                t = self._best_score(request.key, mask, now, load)
+                if t is not None:
+                    out.append(t)
+                    kinds[t] = "spill"
             for i in spare[: k.max_candidates]:
                 out.append(i)
                 kinds[i] = "hit" if held[i] == need else "cold"
             if not out:
-                # Every holder is busy: a hot adapter. Add one more replica.
-                mask = load < k.spill_to
-                mask[list(held)] = False
-                t = self._best_score(request.key, mask, now, load)
-                if t is not None and request.waited_s >= k.spill_after_s:
-                    out.append(t)
-                    kinds[t] = "spill"
+                # Every holder is full and the adapter is not hot (or nothing is free to spill
+                # to): queue for a holder, even one still loading it, rather than load it again.
                 busy = sorted(full or held, key=lambda i: load[i])
                 for i in busy[: k.max_candidates]:
                     out.append(i)
                     kinds[i] = "hit" if held[i] == need else "cold"
         if not out:
             mask = load < k.place_below
-            t = self._best_score(request.key, mask, now, load)
+            if request.waited_s < min(k.admit_wait_s, k.max_wait_s):
+                # Admission: evict only a victim no more popular than this adapter (or use a
+                # free slot); while no replica offers one, wait (an in-use cheap victim frees up
+                # within a service time; a popular one evicted costs a load later).
+                f = min(self._freq.get(a, 0.0) for a in request.adapters) + 1.0
+                cheap = self._free_slot | (self._victim_f <= f)
+                mask &= cheap
+                if not mask.any():
+                    return Decision("cold", [])
+            t = self._best_score(request.key, mask, now, load, light_first=False)
             if t is None:  # all busy: wait for the rendezvous home
                 t = self._best_score(request.key, np.ones(len(self._ids), dtype=bool))
             out.append(t)
@@ -362,6 +451,13 @@ class Fleet:
                 kinds[i] = "fallback"
         ids = [self._ids[i] for i in out]
         return Decision(kinds[out[0]], ids, {self._ids[i]: kinds[i] for i in out})
+
+    def _hot(self, request: RequestView, holders: int) -> bool:
+        """Whether the adapter's observed share of traffic is more than ``holders`` replicas."""
+        if len(request.adapters) != 1 or self._total < self.knobs.hot_min_requests:
+            return False
+        share = self._freq.get(request.adapters[0], 0.0) / self._total
+        return share * len(self._ids) * self.knobs.hot_factor > holders
 
     def _resident(self, i: int, request: RequestView) -> bool:
         return all(self._holders.get(a, {}).get(i, False) for a in request.adapters)
@@ -376,21 +472,27 @@ class Fleet:
         return counts
 
     def _best_score(
-        self, key: str, mask: np.ndarray, now: float = 0.0, load: np.ndarray | None = None
+        self,
+        key: str,
+        mask: np.ndarray,
+        now: float = 0.0,
+        load: np.ndarray | None = None,
+        light_first: bool = True,
     ) -> int | None:
         evicting = load is not None
         if not mask.any():
             return None
-        # Score tiers in the top bits: lightly loaded (bit 63), free slot (62), rarely requested
-        # victim (57-61), victim idle time (52-56), then the hash.
-        score = _mix(self._seeds, self._hash(key)) >> np.uint64(12)
+        # Score tiers in the top bits: lightly loaded (bit 63, or 56 when not light_first), free
+        # slot (62), rarely requested victim (57-61), victim idle time (51-55), then the hash.
+        score = _mix(self._seeds, self._hash(key)) >> np.uint64(13)
         if evicting:
             idle_ms = np.nan_to_num((now - self._victim_t) * 1000.0, nan=0.0)
             idle = np.clip(np.log2(1.0 + np.maximum(idle_ms, 0.0)), 0, 31).astype(np.uint64)
             rare = 31 - np.clip(np.log2(1.0 + self._victim_f), 0, 31).astype(np.uint64)
-            score = score | (idle << np.uint64(52)) | (rare << np.uint64(57))
+            score = score | (idle << np.uint64(51)) | (rare << np.uint64(57))
             score = score | (self._free_slot.astype(np.uint64) << np.uint64(62))
-            score = score | ((load < self.knobs.spill_to).astype(np.uint64) << np.uint64(63))
+            light = (load < self.knobs.spill_to).astype(np.uint64)
+            score = score | (light << np.uint64(63 if light_first else 56))
         score = np.where(mask, score, np.uint64(0))
         i = int(np.argmax(score))
         return i if mask[i] else None

@@ -34,12 +34,16 @@ def request_router_config(
     *,
     stats_period_s: float = 1.0,
     expect_ttl_s: float = 5.0,
+    max_backoff_s: float = 0.05,
 ) -> RequestRouterConfig:
     """The ``request_router_config`` for a deployment that should use adapter-aware routing.
 
     ``knobs``: ``policy.Knobs`` fields. ``stats_period_s``: how often Serve polls
     ``record_routing_stats`` (pushes on every residency change come on top). ``expect_ttl_s``:
     how long an adapter just sent to a replica counts as loading there without confirmation.
+    ``max_backoff_s``: the longest pause before Serve asks the router again for a request no
+    replica took (Serve's default, 0.5 s, would stretch a short admission wait or a wait for a
+    busy holder far past the moment a slot frees up).
     """
     Knobs(**(knobs or {}))  # fail early on a bad knob
     return RequestRouterConfig(
@@ -47,6 +51,8 @@ def request_router_config(
         request_router_kwargs={"knobs": knobs or {}, "expect_ttl_s": expect_ttl_s},
         request_routing_stats_period_s=stats_period_s,
         request_routing_stats_timeout_s=max(5.0, 5 * stats_period_s),
+        initial_backoff_s=min(0.025, max_backoff_s),
+        max_backoff_s=max_backoff_s,
     )
 
 
@@ -76,6 +82,7 @@ class AdapterAwareRouter(RequestRouter):
         self._expected: dict[tuple[str, str], float] = {}
         self._inflight: dict[str, int] = {}
         self._last: dict[str, Any] = {}  # internal request id -> Decision
+        self._running: dict[str, tuple[str, tuple[str, ...]]] = {}  # id -> (replica, adapters)
         self.decision_counts: dict[str, int] = {}
 
     # ---- replica set -----------------------------------------------------------------------
@@ -137,7 +144,7 @@ class AdapterAwareRouter(RequestRouter):
                 del self._expected[(rid, a)]  # confirmed by the replica, or expired
             else:
                 extra.add(a)
-        return with_placed(view, extra)
+        return with_placed(view, extra, self._fleet.in_use(view.id))
 
     # ---- in-flight counts (this router's own view) ------------------------------------------
 
@@ -174,11 +181,13 @@ class AdapterAwareRouter(RequestRouter):
         decision = self._fleet.decide(request)
         self._last[pending_request.metadata.internal_request_id] = (decision, request)
         log.debug("adapter router: %r -> %s %s", mid, decision.kind, decision.ids)
-        if decision.kind in ("cold", "spill"):
+        if decision.ids and decision.kind in ("cold", "spill"):
             # NOTE: expect the adapter on the first choice now, not when the replica accepts (a
             # round trip later): concurrent requests for it must see it placed, or a burst for
             # one cold adapter would be placed on several replicas.
             self._expect(decision.ids[0], request.adapters)
+        # NOTE: an empty list (a cold adapter waiting for admission) makes Ray back off and ask
+        # again, the request staying queued in this router.
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         return [[by_id[i]] for i in decision.ids if i in by_id]
 
@@ -193,6 +202,13 @@ class AdapterAwareRouter(RequestRouter):
         self.decision_counts[kind] = self.decision_counts.get(kind, 0) + 1
         _decision_counter().inc(tags={"deployment": self._deployment_id.name, "kind": kind})
         self._expect(rid, request.adapters)
+        self._running[pending_request.metadata.internal_request_id] = (rid, request.adapters)
+        self._fleet.started(rid, request.adapters)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        running = self._running.pop(internal_request_id, None)
+        if running is not None:
+            self._fleet.finished(*running)
 
     def _expect(self, rid: str, adapters: tuple[str, ...]) -> None:
         if rid not in self._fleet:
@@ -206,6 +222,8 @@ class AdapterAwareRouter(RequestRouter):
     def _expire_expected(self) -> None:
         if len(self._last) > 10_000:  # requests routed without a callback (no rejection protocol)
             self._last.clear()
+        if len(self._running) > 100_000:  # completions never reported: forget, don't leak
+            self._running.clear()
         if not self._expected:
             return
         now = time.monotonic()

@@ -55,11 +55,18 @@ CASES = [
         "hit",
     ),
     (
-        "hot adapter: full holder spills to a lightly loaded replica",
+        "busy but not hot: queue for the full holder rather than load it again",
         [r("r0", ["a"], ongoing=4), r("r1", ongoing=3), r("r2", ongoing=0), r("r3", ongoing=3)],
         req("a", waited=1.0),
-        "r2",
-        "spill",
+        "r0",
+        "hit",
+    ),
+    (
+        "a holder still loading the adapter is queued for, not loaded around",
+        [r("r0", loading=["a"], ongoing=4), r("r1"), r("r2"), r("r3")],
+        req("a", waited=1.0),
+        "r0",
+        "hit",
     ),
     (
         "busy fleet: no spill target, wait for the holder",
@@ -151,15 +158,22 @@ def test_burst_of_different_cold_adapters_spreads():
     assert sorted(placed) == sorted(IDS * 2)
 
 
+def hot_fleet(replicas, adapter="hot", share=1.0, n=40):
+    fleet = Fleet()
+    fleet.set_replicas(replicas)
+    for i in range(n):
+        fleet.observe(req(adapter if i < share * n else f"other{i}"))
+    return fleet
+
+
 def test_hot_adapter_gains_replicas_in_rendezvous_order():
     ids = [f"r{i}" for i in range(8)]
     order = rendezvous_order("hot", ids)
-    fleet = Fleet(Knobs(spill_after_s=0))
-    fleet.set_replicas([r(i, ["hot"] if i == order[0] else []) for i in ids])
+    fleet = hot_fleet([r(i, ["hot"] if i == order[0] else []) for i in ids])
     holders = [order[0]]
     for _ in range(3):
         for h in holders:
-            fleet.set_ongoing(h, 4)  # all holders full
+            fleet.set_ongoing(h, 2)  # every holder half busy
         d = fleet.decide(req("hot"))
         assert d.kind == "spill"
         holders.append(d.ids[0])
@@ -167,11 +181,34 @@ def test_hot_adapter_gains_replicas_in_rendezvous_order():
     assert holders == order[:4]
 
 
-def test_hot_adapter_waits_briefly_before_spilling():
-    fleet = Fleet(Knobs(spill_after_s=0.05))
-    fleet.set_replicas([r("r0", ["a"], ongoing=4), r("r1"), r("r2")])
-    assert fleet.decide(req("a", waited=0.0)).ids == ["r0"]
-    assert fleet.decide(req("a", waited=0.1)).kind == "spill"
+def test_only_an_adapter_hot_by_observed_rate_spills():
+    replicas = [r("r0", ["a"], ongoing=4), r("r1"), r("r2")]
+    # 60% of requests for 'a' across 3 replicas: it wants about two copies, so it spills.
+    assert hot_fleet(replicas, "a", share=0.6).decide(req("a")).kind == "spill"
+    # 10%: merely busy; it waits for its holder however long it has waited (until max_wait_s).
+    d = hot_fleet(replicas, "a", share=0.1).decide(req("a", waited=1.0))
+    assert d.ids == ["r0"] and d.kind == "hit"
+
+
+def test_hot_adapter_holders_share_its_requests_by_load():
+    fleet = hot_fleet([r("r0", ["a"], ongoing=3), r("r1", ["a"], ongoing=1), r("r2", ongoing=0)])
+    assert fleet.decide(req("a")).ids[0] == "r1"
+
+
+def test_cold_adapter_waits_rather_than_evict_a_popular_one():
+    replicas = [
+        r("r0", ["p", "q"], victims=(("p", NOW - 1),)),
+        r("r1", ["s", "t"], victims=(("s", NOW - 1),)),
+    ]
+    fleet = hot_fleet(replicas, "p", share=0.5)
+    for _ in range(20):
+        fleet.observe(req("s"))
+    assert fleet.decide(req("new")).ids == []  # both victims popular: wait (Ray backs off)
+    late = fleet.decide(req("new", waited=fleet.knobs.admit_wait_s))
+    assert late.ids == ["r1"] and late.kind == "cold"  # then evict the less popular one
+    # A victim no more popular than the newcomer is evicted at once.
+    fleet.upsert(r("r1", ["s", "u"], victims=(("u", NOW - 1),)))
+    assert fleet.decide(req("new")).ids == ["r1"]
 
 
 def test_fallback_after_max_wait():

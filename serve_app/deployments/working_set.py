@@ -1,0 +1,67 @@
+"""What every model deployment wires the same way around its engine: a Fetcher built from the
+sources config, and the adapter pool with its residency reporter (for routers) and registry
+follower (deletes and pins made through the admin API reach this replica).
+"""
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.pool import AdapterPool
+from adapters.sources import Fetcher
+from adapters.spec import AdapterSpec
+from serve_app.config import SourceOptions
+from serve_app.deployments.registry_sync import RegistryFollower
+from serve_app.deployments.residency import ResidencyReporter
+
+
+def make_fetcher(sources: SourceOptions) -> Fetcher:
+    return Fetcher(
+        allowed_roots=sources.allowed_roots,
+        cache_dir=os.path.expanduser(sources.cache_dir),
+        cache_max_bytes=sources.cache_max_bytes,
+        s3_endpoint_url=sources.s3_endpoint_url,
+        timeout_s=sources.fetch_timeout_s,
+        retries=sources.fetch_retries,
+        max_bytes=sources.max_adapter_bytes,
+    )
+
+
+@dataclass
+class WorkingSet:
+    pool: AdapterPool
+    residency: ResidencyReporter
+    follower: RegistryFollower | None
+
+    @classmethod
+    async def start(
+        cls,
+        *,
+        base: str,
+        prepare: Callable[[AdapterSpec], Awaitable[Any]],
+        load: Callable[[AdapterSpec, Any], Awaitable[None]],
+        unload: Callable[[str], Awaitable[Any]],
+        max_count: int,
+        max_bytes: int | None,
+        policy: str,
+        registry: Any,
+        pinned: list[AdapterSpec],
+    ) -> "WorkingSet":
+        """Build the pool, then pin the config's pinned adapters (loading them now)."""
+        residency = ResidencyReporter()
+        pool = AdapterPool(
+            prepare=prepare,
+            load=load,
+            unload=unload,
+            max_count=max_count,
+            max_bytes=max_bytes,
+            policy=policy,
+            on_event=residency.on_pool_event,
+            name=base,
+        )
+        residency.bind(pool)
+        follower = RegistryFollower(registry, base, pool) if registry else None
+        for spec in pinned:
+            await pool.pin(spec)
+        return cls(pool, residency, follower)
