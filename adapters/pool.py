@@ -156,6 +156,9 @@ class AdapterPool:
             "resident": self.resident(),
             "loading": [n for n, s in self._states.items() if s in _IN_PROGRESS],
             "pinned": self._cache.pinned(),
+            # Unpinned residents, first to be evicted first (lru or lfu order); one in use goes
+            # once released. For routers: what a load here would cost.
+            "eviction_order": self._cache.eviction_order(ignore_in_use=True),
             "capacity": self._cache.max_count,
             "max_bytes": self._cache.max_bytes,
             "resident_bytes": self._cache.total_bytes,

@@ -21,10 +21,27 @@ if __name__ == "__main__":
     p.add_argument("--service-s", type=float, default=d.service_s)
     p.add_argument("--requests", type=int, default=d.requests)
     p.add_argument("--concurrency", type=int, default=d.concurrency)
+    p.add_argument("--knobs", default=d.knobs, help="JSON of policy.Knobs fields (ours)")
+    p.add_argument("--max-backoff-s", type=float, default=d.max_backoff_s)
     p.add_argument("--traces", default="", help="comma-separated subset: zipf,rotate,hot,burst")
+    p.add_argument("--routers", default="", help="subset: ours,ours-lfu,builtin,pow2")
     p.add_argument("--out", default="routing-results.json")
     a = p.parse_args()
     setup = Setup(
-        a.replicas, a.slots, a.k, a.max_ongoing, a.load_s, a.service_s, a.requests, a.concurrency
+        a.replicas,
+        a.slots,
+        a.k,
+        a.max_ongoing,
+        a.load_s,
+        a.service_s,
+        a.requests,
+        a.concurrency,
+        a.knobs,
+        a.max_backoff_s,
     )
-    main(setup, a.out, set(filter(None, a.traces.split(","))) or None)
+    main(
+        setup,
+        a.out,
+        set(filter(None, a.traces.split(","))) or None,
+        set(filter(None, a.routers.split(","))) or None,
+    )

@@ -29,21 +29,6 @@ class _Weights:
     size_bytes: int = 0
 
 
-class _WithEvictionOrder:
-    """The pool's snapshot plus its eviction order (so lfu victims are reported as lfu victims).
-
-    Stop-gap until ``AdapterPool.snapshot()`` includes ``eviction_order`` itself.
-    """
-
-    def __init__(self, pool: AdapterPool) -> None:
-        self._pool = pool
-
-    def snapshot(self) -> dict:
-        snap = self._pool.snapshot()
-        snap.setdefault("eviction_order", self._pool._cache.eviction_order())
-        return snap
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class PoolReplica:
     def __init__(self, slots: int, k: int, load_s: float, service_s: float, eviction: str):
@@ -61,13 +46,14 @@ class PoolReplica:
             on_event=self.residency.on_pool_event,
             name=serve.get_replica_context().replica_id.unique_id,
         )
-        self.residency.bind(_WithEvictionOrder(self.pool))
+        self.residency.bind(self.pool)
 
     async def _prepare(self, spec: AdapterSpec) -> _Weights:
         return _Weights()
 
     async def _load(self, spec: AdapterSpec, prepared: _Weights) -> None:
-        await asyncio.sleep(self._load_s)
+        async with self._sem:  # a load occupies the accelerator like a batch slot
+            await asyncio.sleep(self._load_s)
         self._loads[spec.name] += 1
 
     async def _unload(self, name: str) -> None:
@@ -78,9 +64,11 @@ class PoolReplica:
 
     async def __call__(self, adapter: str | None = None) -> dict:
         adapter = adapter or serve.get_multiplexed_model_id()
-        async with self._sem:
-            with self.residency.request(adapter):
-                async with self.pool.use(AdapterSpec(name=adapter, source="sim://" + adapter)):
+        # NOTE: like serve_app's deployments, a request holds its adapter from arrival (queued
+        # in the engine) to the end, so an adapter with requests waiting is never evicted.
+        with self.residency.request(adapter):
+            async with self.pool.use(AdapterSpec(name=adapter, source="sim://" + adapter)):
+                async with self._sem:
                     await asyncio.sleep(self._service_s)
         return self._reply(adapter)
 

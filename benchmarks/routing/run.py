@@ -32,6 +32,8 @@ class Setup:
     service_s: float = 0.02
     requests: int = 600
     concurrency: int = 8
+    knobs: str = "{}"  # JSON of policy.Knobs fields for our router
+    max_backoff_s: float = 0.05
 
 
 @dataclass
@@ -59,7 +61,9 @@ def _app(router: str, s: Setup, eviction: str):
         return MuxReplica.options(**opts).bind(**args)
     if router == "pow2":
         return PoolReplica.options(**opts).bind(**args)
-    cfg = request_router_config(stats_period_s=1.0)
+    cfg = request_router_config(
+        json.loads(s.knobs), stats_period_s=1.0, max_backoff_s=s.max_backoff_s
+    )
     return PoolReplica.options(**opts, request_router_config=cfg).bind(**args)
 
 
@@ -142,7 +146,9 @@ def _router_counts(handle) -> dict | None:
         return None
 
 
-def run_all(s: Setup, traces_filter: set[str] | None = None) -> list[Row]:
+def run_all(
+    s: Setup, traces_filter: set[str] | None = None, routers_filter: set[str] | None = None
+) -> list[Row]:
     traces = standard_traces(
         replicas=s.replicas, slots=s.slots, requests=s.requests, concurrency=s.concurrency
     )
@@ -153,6 +159,7 @@ def run_all(s: Setup, traces_filter: set[str] | None = None) -> list[Row]:
         routers = ["ours", "builtin", "pow2"]
         if trace.name in ("zipf", "rotate"):
             routers.insert(1, "ours-lfu")
+        routers = [r for r in routers if not routers_filter or r in routers_filter]
         print(f"\n== {trace.name}: {trace.note} ({len(trace.adapters)} requests)", flush=True)
         base = None
         for router in routers:
@@ -191,12 +198,17 @@ def _print_trace(trace: Trace, rows: list[Row], base: Row | None) -> None:
         )
 
 
-def main(s: Setup, out: str, traces_filter: set[str] | None = None) -> None:
+def main(
+    s: Setup,
+    out: str,
+    traces_filter: set[str] | None = None,
+    routers_filter: set[str] | None = None,
+) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(proxy_location="Disabled")
     try:
         t0 = time.time()
-        rows = run_all(s, traces_filter)
+        rows = run_all(s, traces_filter, routers_filter)
         with open(out, "w") as f:
             json.dump({"setup": asdict(s), "rows": [asdict(r) for r in rows]}, f, indent=1)
         print(f"\nwrote {out} ({time.time() - t0:.0f} s)")

@@ -31,6 +31,7 @@ import numpy as np
 from adapters.lru import AdapterCache
 from serve_app.routing.policy import Fleet, Knobs, ReplicaView, RequestView
 
+RETRY_S = 0.05  # router backoff while no replica is acceptable
 T0 = 1e9  # simulated clock origin, in unix seconds (the policy ages victims by wall time)
 
 
@@ -126,7 +127,10 @@ def simulate(
                     r.ongoing,
                     max_ongoing,
                     slots,
-                    tuple((v, r.last_used.get(v, 0.0)) for v in r.cache.eviction_order()[:2]),
+                    tuple(
+                        (v, r.last_used.get(v, 0.0))
+                        for v in r.cache.eviction_order(ignore_in_use=True)[:4]
+                    ),
                 )
             )
 
@@ -183,6 +187,8 @@ def simulate(
         seq += 1
 
     def admit(r: _Replica, i: int, now: float) -> None:
+        if router == "ours":
+            fleet.started(r.id, (names[i],))  # as the router does when it sends a request
         if r.running < k:
             start(r, i, now)
         else:
@@ -199,8 +205,21 @@ def simulate(
             r = choose(payload, now)
             if r is None:
                 waiting.append(payload)
+                heapq.heappush(events, (now + RETRY_S, seq, "retry", payload))
+                seq += 1
             else:
                 admit(r, payload, now)
+        elif kind == "retry":
+            # A router with nothing to send retries after a short backoff too (requests no replica
+            # would accept are also retried whenever a replica finishes one, below).
+            if payload in waiting:
+                r = choose(payload, now)
+                if r is None:
+                    heapq.heappush(events, (now + RETRY_S, seq, "retry", payload))
+                    seq += 1
+                else:
+                    waiting.remove(payload)
+                    admit(r, payload, now)
         elif kind == "loaded":
             r, a = payload
             if r.loading.get(a) == now:
@@ -211,6 +230,8 @@ def simulate(
             r.running -= 1
             r.served += 1
             r.cache.release(names[i])
+            if router == "ours":
+                fleet.finished(r.id, (names[i],))
             latency.append(now - arrival[i])
             if clients and next_i < len(names):
                 heapq.heappush(events, (now, seq, "arrive", next_i))

@@ -44,12 +44,13 @@ Knobs (``Knobs``):
 - ``spill_at`` (1.0): load at which a holder counts as full. 1.0 = only when full.
 - ``spill_to`` (0.5): a hot adapter spills once all its holders reach this load, and only to a
   replica below it, so spilling relieves the adapter rather than moving the queue.
-- ``hot_factor`` (1.2): how eagerly an adapter counts as hot (see 2). 1.2 with 3 replicas: an
-  adapter with more than ~28% of requests wants a second copy, more than ~56% a third.
+- ``hot_factor`` (1.0): how eagerly an adapter counts as hot (see 2). 1.0 with 3 replicas: an
+  adapter with more than 1/3 of requests wants a second copy, more than 2/3 a third.
 - ``hot_min_requests`` (20): no adapter is hot before the router has counted this many requests.
 - ``place_below`` (1.0): a cold adapter is placed only on replicas below this load.
-- ``admit_wait_s`` (0.2): how long a cold adapter waits for a replica whose victim is no more
-  popular than itself (about one adapter load time is a good value; 0 disables admission).
+- ``admit_wait_s`` (0.05): how long a cold adapter waits for a replica whose victim is no more
+  popular than itself (0 disables admission). Keep it to a few service times: in Ray Serve a
+  request waiting here holds one of the router's routing tasks, delaying the requests behind it.
 - ``max_wait_s`` (3.0): after waiting this long, a request also accepts the least loaded replicas.
 - ``max_candidates`` (3): length of the preference list before fallbacks (Ray tries them in
   order, each asked for room, and backs off when all refuse).
@@ -81,10 +82,10 @@ class Knobs:
 
     spill_at: float = 1.0
     spill_to: float = 0.5
-    hot_factor: float = 1.2
+    hot_factor: float = 1.0
     hot_min_requests: int = 20
     place_below: float = 1.0
-    admit_wait_s: float = 0.2
+    admit_wait_s: float = 0.05
     max_wait_s: float = 3.0
     max_candidates: int = 3
     fallbacks: int = 2
@@ -318,6 +319,7 @@ class Fleet:
         self._victim = [None] * len(views)
         self._victim_f = np.zeros(len(views))
         self._in_use = {r: c for r, c in self._in_use.items() if r in self._index}
+        self._used_since = {r: u for r, u in self._used_since.items() if r in self._index}
         for i in range(len(views)):
             self._set_victim(i)
 
