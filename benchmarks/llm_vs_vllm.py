@@ -107,6 +107,9 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+# Both engines get the same CPU threads (Ray sets OMP_NUM_THREADS from a replica's num_cpus;
+# plain vLLM would use every core, which on a shared 2-core machine makes them spin-wait).
+THREADS = 1
 ENGINE = {"max_loras": 4, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512}
 
 
@@ -141,10 +144,11 @@ def start_vllm(assets: dict, port: int, log) -> subprocess.Popen:
         "--lora-modules",
         *mods,
     ]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def start_app(assets: dict, port: int, log, cfg_path: Path) -> subprocess.Popen:
+def start_app(assets: dict, port: int, log, cfg_path: Path, router: str) -> subprocess.Popen:
     import yaml
 
     cfg = {
@@ -166,7 +170,14 @@ def start_app(assets: dict, port: int, log, cfg_path: Path) -> subprocess.Popen:
                             "adapters": [
                                 {"name": n, "source": p} for n, p in assets["adapters"].items()
                             ],
-                            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
+                            "deployment": {
+                                "num_replicas": 1,
+                                "router": router,
+                                "ray_actor_options": {
+                                    "num_cpus": THREADS,
+                                    "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(THREADS)}},
+                                },
+                            },
                         }
                     ],
                 },
@@ -185,6 +196,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--traces", default="long,short", help="comma-separated subset")
+    parser.add_argument("--router", default="adapter_aware", choices=["adapter_aware", "builtin"])
     parser.add_argument("--out", default="results/llm_vs_vllm.json")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -197,12 +210,13 @@ def main() -> None:
         "long": trace(args.requests, 128, adapters),
         "short": trace(args.requests, 8, adapters),
     }
+    traces = {k: v for k, v in traces.items() if k in args.traces.split(",")}
     out_dir = Path(args.out).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     systems = {
         "loraserve": (
-            lambda port, log: start_app(assets, port, log, out_dir / "bench_app.yaml"),
+            lambda port, log: start_app(assets, port, log, out_dir / "bench_app.yaml", args.router),
             lambda a: BASE if a is None else f"{BASE}:{a}",
         ),
         "vllm serve": (

@@ -160,10 +160,11 @@ class Ingress:
     async def _text(self, kind: str, request: Request) -> Response:
         body = await self._json(request)
         base, spec = await self._resolve(body.get("model"), "text")
-        handle = self.llms[base].options(
-            stream=True, multiplexed_model_id=spec.name if spec else ""
-        )
-        gen = handle.generate.remote(kind, body, spec.model_dump(mode="json") if spec else None)
+        handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
+        spec_dict = spec.model_dump(mode="json") if spec else None
+        if body.get("stream") is not True:
+            return JSONResponse(await handle.complete.remote(kind, body, spec_dict))
+        gen = handle.options(stream=True).generate.remote(kind, body, spec_dict)
         first = await gen.__anext__()  # raises the deployment's error before any byte is sent
         if first is not None:
             return JSONResponse(first)

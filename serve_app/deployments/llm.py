@@ -2,8 +2,9 @@
 that fetches, validates, loads and evicts adapters in that engine. No FastAPI, no HTTP types:
 domain errors propagate to the ingress, which maps them.
 
-Requests arrive as (kind, OpenAI body, adapter spec or None); ``generate`` is an async generator
-whose first item is the whole response (dict) or ``None`` meaning server-sent-event strings follow.
+Requests arrive as (kind, OpenAI body, adapter spec or None). ``complete`` answers a non-streamed
+request in one unary call; ``generate`` is an async generator whose first item is the whole
+response (dict) or ``None`` meaning server-sent-event strings follow.
 NOTE: the first item is produced only after the adapter is resident and the engine accepted the
 request, so errors surface before the ingress commits to a status code.
 """
@@ -21,6 +22,7 @@ from adapters.validate import ValidatedAdapter, ValidationRules, validate_text_l
 from serve_app.config import LLMConfig, SourceOptions
 from serve_app.deployments.logs import to_replica_log
 from serve_app.deployments.working_set import WorkingSet, make_fetcher
+from serve_app.errors import InvalidRequestError
 
 logger = logging.getLogger("serve_app.llm")
 
@@ -107,6 +109,17 @@ class LLMDeployment:
             async with self.pool.use(adapter):
                 async for item in _items(await call({**body, "model": adapter.name})):
                     yield item
+
+    async def complete(self, kind: str, body: dict[str, Any], spec: dict | None) -> dict:
+        """A non-streamed request as one unary call (no per-item streaming overhead)."""
+        gen = self.generate(kind, body, spec)
+        try:
+            result = await gen.__anext__()
+        finally:
+            await gen.aclose()
+        if result is None:  # the body asked to stream after all (e.g. "stream": "yes")
+            raise InvalidRequestError("'stream' must be a boolean", param="stream")
+        return result
 
     async def validate_adapter(self, spec: dict) -> dict:
         """Fetch and validate without loading: what registration runs before accepting."""
