@@ -210,6 +210,8 @@ class Fleet:
         # Adapters this router sent to a replica since its last report (they moved back in its
         # eviction order, whatever the policy: lru or lfu).
         self._used_since: dict[str, set[str]] = {}
+        # Requests waiting in this router, per adapter: their adapters are not victims either.
+        self._wanted: dict[str, int] = {}
         self._victim_f = np.zeros(0)
         self._tiebreak = np.zeros(0)
         self._hash_cache: dict[str, int] = {}
@@ -341,7 +343,9 @@ class Fleet:
         rid = self._ids[i]
         busy = self._in_use.get(rid, {})
         used = self._used_since.get(rid, ())
-        idle = [v for v in self._views[rid].victims if v[0] not in busy]
+        idle = [
+            v for v in self._views[rid].victims if v[0] not in busy and v[0] not in self._wanted
+        ]
         v = next((v for v in idle if v[0] not in used), idle[0] if idle else None)
         self._victim[i] = v[0] if v else None
         if v is not None:
@@ -370,6 +374,17 @@ class Fleet:
                 counts[a] = n
         if replica_id in self._index:
             self._set_victim(self._index[replica_id])
+
+    def waiting(self, adapters: Iterable[str], n: int) -> None:
+        """``n`` = +1: a request for ``adapters`` is waiting to be routed; -1: it was routed."""
+        for a in adapters:
+            w = self._wanted.get(a, 0) + n
+            if w > 0:
+                self._wanted[a] = w
+            else:
+                self._wanted.pop(a, None)
+            for i in self._holders.get(a, ()):
+                self._set_victim(i)
 
     def in_use(self, replica_id: str) -> set[str]:
         return set(self._in_use.get(replica_id, ()))

@@ -179,7 +179,10 @@ class AdapterAwareRouter(RequestRouter):
         mid = pending_request.metadata.multiplexed_model_id or ""
         request = RequestView.from_model_id(mid, time.time() - pending_request.created_at)
         decision = self._fleet.decide(request)
-        self._last[pending_request.metadata.internal_request_id] = (decision, request)
+        req_id = pending_request.metadata.internal_request_id
+        if req_id not in self._last:
+            self._fleet.waiting(request.adapters, +1)
+        self._last[req_id] = (decision, request)
         log.debug("adapter router: %r -> %s %s", mid, decision.kind, decision.ids)
         if decision.ids and decision.kind in ("cold", "spill"):
             # NOTE: expect the adapter on the first choice now, not when the replica accepts (a
@@ -197,6 +200,7 @@ class AdapterAwareRouter(RequestRouter):
         if last is None:
             return
         decision, request = last
+        self._fleet.waiting(request.adapters, -1)
         self._fleet.observe(request)
         kind = decision.kinds.get(rid, "fallback")
         self.decision_counts[kind] = self.decision_counts.get(kind, 0) + 1
@@ -221,6 +225,8 @@ class AdapterAwareRouter(RequestRouter):
 
     def _expire_expected(self) -> None:
         if len(self._last) > 10_000:  # requests routed without a callback (no rejection protocol)
+            for _, request in self._last.values():
+                self._fleet.waiting(request.adapters, -1)
             self._last.clear()
         if len(self._running) > 100_000:  # completions never reported: forget, don't leak
             self._running.clear()
