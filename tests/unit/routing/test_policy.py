@@ -275,3 +275,33 @@ def test_frequency_aware_placement_keeps_popular_adapters():
 
 def test_empty_fleet():
     assert rank([], req("a")) == []
+
+
+def test_victim_in_use_or_wanted_here_is_skipped():
+    # r0's first victim 'x' is rare; once it is in use (or wanted) here, r0's next victim is the
+    # popular 'y', so a cold adapter goes to r1, whose victim 'q' is less popular than 'y'.
+    replicas = [
+        r("r0", ["x", "y"], victims=(("x", NOW - 1), ("y", NOW - 1))),
+        r("r1", ["p", "q"], victims=(("q", NOW - 1), ("p", NOW - 1))),
+    ]
+    fleet = hot_fleet(replicas, "y", share=0.5)
+    for _ in range(5):
+        fleet.observe(req("q"))
+    late = fleet.knobs.admit_wait_s  # past admission: compare victims' popularity
+    assert fleet.decide(req("new", waited=late)).ids == ["r0"]
+    fleet.started("r0", ["x"])
+    assert fleet.decide(req("new", waited=late)).ids == ["r1"]
+    fleet.finished("r0", ["x"])
+    # x was just used, so it moved back in r0's order until r0 reports again.
+    assert fleet.decide(req("new", waited=late)).ids == ["r1"]
+    fleet.upsert(replicas[0])
+    assert fleet.decide(req("new", waited=late)).ids == ["r0"]
+    fleet.waiting(["x"], +1)  # a request for x is queued in this router
+    assert fleet.decide(req("new", waited=late)).ids == ["r1"]
+
+
+def test_placing_a_cold_adapter_evicts_the_expected_victim_at_once():
+    fleet = Fleet()
+    fleet.set_replicas([r("r0", ["x", "y"], victims=(("x", NOW - 1),)), r("r1")])
+    fleet.add_expected("r0", "new")
+    assert fleet.holders("x") == set() and fleet.holders("new") == {"r0"}
