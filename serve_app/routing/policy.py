@@ -28,10 +28,15 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    victim (``victims``) is requested (bucketed by powers of two); load below ``spill_to``; how long
    ago that victim was last used (powers of two of milliseconds); then the rendezvous hash of
    ``a``, fixed per (adapter, replica), so every router instance picks the same home without
-   talking to the others and a burst for one cold adapter loads it on one replica. A replica
-   with nothing evictable now (every resident adapter in use) is never a cheap target. An adapter
-   just placed uses up the replica's free slot or first victim, so a burst of different cold
-   adapters spreads. When every replica is busy, the adapter waits for its rendezvous home.
+   talking to the others and a burst for one cold adapter loads it on one replica.
+   A replica's victim is the first adapter of its reported eviction order (``victims``, in use
+   or not) that this router has no request in flight for (``started``/``finished``), none
+   waiting for (``waiting``) and, if possible, has not sent a request for since the replica's
+   last report (under lru or lfu such an adapter moved back in the order). A replica with no
+   such victim (everything in use) is never a cheap target. An adapter just placed uses up the
+   replica's free slot or evicts its victim at once (it stops counting as a holder), so a burst
+   of different cold adapters spreads, and no request is sent as a "hit" to an adapter the
+   placement evicted. When every replica is busy, the adapter waits for its rendezvous home.
 4. **Fallback.** A request unrouted for ``max_wait_s`` also gets the least loaded replicas, so
    nothing starves behind a stuck holder.
 
