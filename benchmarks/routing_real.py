@@ -63,7 +63,7 @@ def replica_counts(log_dir: Path) -> tuple[int, list[int]]:
     for f in sorted(log_dir.glob("replica_loraserve_llm_*.log")):
         text = f.read_text(errors="replace")
         loads += len(re.findall(r"adapter \S+: loading -> ready", text))
-        per_replica.append(len(re.findall(r"CALL generate OK", text)))
+        per_replica.append(len(re.findall(r"CALL (?:complete|generate) OK", text)))
     return loads, per_replica
 
 

@@ -59,7 +59,10 @@ def make_engine(cfg: LLMConfig) -> Any:
 @serve.deployment
 class LLMDeployment:
     async def __init__(self, cfg: dict, sources: dict, registry: Any = None) -> None:
-        to_replica_log()
+        # NOTE: before vLLM is imported: its own logging setup (dictConfig) would otherwise
+        # disable Serve's replica loggers, and this replica's log would go silent.
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        to_replica_log("vllm")
         self.cfg = LLMConfig.model_validate(cfg)
         src = SourceOptions.model_validate(sources)
         self.rules = ValidationRules(

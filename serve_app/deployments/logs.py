@@ -8,10 +8,11 @@ import logging
 _OURS = ("adapters", "serve_app")
 
 
-def to_replica_log(level: int = logging.INFO) -> None:
-    """Idempotent; call from a deployment's constructor (inside the replica process)."""
+def to_replica_log(*extra: str, level: int = logging.INFO) -> None:
+    """Idempotent; call from a deployment's constructor (inside the replica process). ``extra``
+    names more loggers to route (e.g. "vllm")."""
     serve_handlers = logging.getLogger("ray.serve").handlers
-    for name in _OURS:
+    for name in (*_OURS, *extra):
         logger = logging.getLogger(name)
         logger.setLevel(level)
         if serve_handlers:
