@@ -22,7 +22,7 @@ from adapters.spec import AdapterSpec
 from adapters.validate import ValidationRules, validate_weight_file
 from serve_app.config import ImageConfig, SourceOptions
 from serve_app.deployments.logs import to_replica_log
-from serve_app.deployments.working_set import WorkingSet, make_fetcher
+from serve_app.deployments.working_set import WorkingSet, WorkingSetMethods, make_fetcher
 from serve_app.errors import InvalidRequestError
 from serve_app.image_api import ImageGenerationRequest
 
@@ -41,7 +41,7 @@ class ImageLora:
 
 
 @serve.deployment
-class ImageDeployment:
+class ImageDeployment(WorkingSetMethods):
     async def __init__(
         self,
         cfg: dict,
@@ -146,12 +146,6 @@ class ImageDeployment:
     async def pin_adapter(self, spec: dict) -> None:
         await self.pool.pin(self._spec(spec))
 
-    async def unpin_adapter(self, name: str) -> None:
-        await self.pool.unpin(name)
-
-    async def evict_adapter(self, name: str) -> bool:
-        return await self.pool.evict(name)
-
     async def adapter_snapshot(self) -> dict:
         """Our pool's view, the pipeline's own adapter list, engine counters and process RSS."""
         return {
@@ -162,9 +156,6 @@ class ImageDeployment:
             "pid": os.getpid(),
             "rss_bytes": _rss_bytes(),
         }
-
-    def record_routing_stats(self) -> dict:
-        return self.residency.record_routing_stats()
 
     async def check_health(self) -> None:
         self.engine.engine_adapters()

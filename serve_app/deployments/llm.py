@@ -21,7 +21,7 @@ from adapters.spec import AdapterSpec
 from adapters.validate import ValidatedAdapter, ValidationRules, validate_text_lora
 from serve_app.config import LLMConfig, SourceOptions
 from serve_app.deployments.logs import to_replica_log
-from serve_app.deployments.working_set import WorkingSet, make_fetcher
+from serve_app.deployments.working_set import WorkingSet, WorkingSetMethods, make_fetcher
 from serve_app.errors import InvalidRequestError
 
 logger = logging.getLogger("serve_app.llm")
@@ -57,7 +57,7 @@ def make_engine(cfg: LLMConfig) -> Any:
 
 
 @serve.deployment
-class LLMDeployment:
+class LLMDeployment(WorkingSetMethods):
     async def __init__(self, cfg: dict, sources: dict, registry: Any = None) -> None:
         # NOTE: before vLLM is imported: its own logging setup (dictConfig) would otherwise
         # disable Serve's replica loggers, and this replica's log would go silent.
@@ -132,12 +132,6 @@ class LLMDeployment:
     async def pin_adapter(self, spec: dict) -> None:
         await self.pool.pin(AdapterSpec.model_validate(spec))
 
-    async def unpin_adapter(self, name: str) -> None:
-        await self.pool.unpin(name)
-
-    async def evict_adapter(self, name: str) -> bool:
-        return await self.pool.evict(name)
-
     async def adapter_snapshot(self) -> dict:
         """Our pool's view, the engine's own adapter list, and engine counters."""
         return {
@@ -147,9 +141,6 @@ class LLMDeployment:
             "replica": serve.get_replica_context().replica_id.unique_id,
             "pid": os.getpid(),
         }
-
-    def record_routing_stats(self) -> dict:
-        return self.residency.record_routing_stats()
 
     async def check_health(self) -> None:
         await self.engine.engine_adapters()

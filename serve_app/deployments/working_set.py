@@ -65,3 +65,20 @@ class WorkingSet:
         for spec in pinned:
             await pool.pin(spec)
         return cls(pool, residency, follower)
+
+
+class WorkingSetMethods:
+    """Deployment methods that only touch the working set (``self.pool``, ``self.residency``)."""
+
+    pool: AdapterPool
+    residency: ResidencyReporter
+
+    async def unpin_adapter(self, name: str) -> None:
+        await self.pool.unpin(name)
+
+    async def evict_adapter(self, name: str) -> bool:
+        return await self.pool.evict(name)
+
+    def record_routing_stats(self) -> dict:
+        """Serve polls this; routers read it (see residency.routing_stats)."""
+        return self.residency.record_routing_stats()
