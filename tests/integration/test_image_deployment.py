@@ -117,7 +117,7 @@ def serve_handles(assets):
     apps = {
         "img": (_cfg(assets, "tiny-sd"), {}),
         "img1": (_cfg(assets, "tiny-sd"), {"max_batch": 1}),
-        "small": (_cfg(assets, "tiny-sd", max_adapters=2), {}),
+        "small": (_cfg(assets, "tiny-sd", max_adapters=2, max_mix=2), {}),
     }
     handles = {}
     for name, (cfg, options) in apps.items():
