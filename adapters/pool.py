@@ -81,6 +81,8 @@ class AdapterPool:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._unloading: dict[str, asyncio.Task[None]] = {}
         self._draining: set[str] = set()  # being evicted: no new uses
+        self._waiting: dict[str, int] = {}  # requests awaiting a load of this id
+        self._handed: dict[str, int] = {}  # holds a finished load left for those requests
         self._changed = asyncio.Event()  # replaced after each set(): "something was released"
         self.loads = self.evictions = self.hits = self.misses = 0
 
@@ -234,10 +236,31 @@ class AdapterPool:
                 task = asyncio.create_task(self._load(spec), name=f"load-adapter:{name}")
                 self._inflight[name] = task
                 task.add_done_callback(self._load_done)
-            # NOTE: shield: a request that goes away does not cancel a load others wait for.
-            await asyncio.shield(task)
-            # Loop: a capacity eviction may take the adapter between the load and this line.
+            self._waiting[name] = self._waiting.get(name, 0) + 1
+            try:
+                # NOTE: shield: a request that goes away does not cancel a load others wait for.
+                await asyncio.shield(task)
+            except BaseException:
+                if self._leave(name):  # cancelled after the load handed us a hold: give it back
+                    self._cache.release(name)
+                    self._notify()
+                raise
+            if self._leave(name):
+                return  # the load left this request a hold: resident and not evictable
+            # Loop: the load may have ended without making it ready (e.g. an eviction raced it).
         self._cache.acquire(name)
+
+    def _leave(self, name: str) -> bool:
+        """A request stops waiting for ``name``'s load; True if the load left it a hold."""
+        self._waiting[name] -= 1
+        if not self._waiting[name]:
+            del self._waiting[name]
+        if self._handed.get(name):
+            self._handed[name] -= 1
+            if not self._handed[name]:
+                del self._handed[name]
+            return True
+        return False
 
     def _load_done(self, task: asyncio.Task[None]) -> None:
         name = task.get_name().removeprefix("load-adapter:")
@@ -273,7 +296,16 @@ class AdapterPool:
                     raise err from e
                 self._set(name, AdapterState.FAILED, error=type(e).__name__)
                 raise
-            self._cache.release(name)
+            waiters = self._waiting.get(name, 0)
+            if waiters:
+                # NOTE: hand one hold to each waiting request in the same tick the load ends, so
+                # no other load can evict the adapter before they resume (without this, loads
+                # competing for the last slots evicted each other forever).
+                for _ in range(waiters - 1):
+                    self._cache.acquire(name)
+                self._handed[name] = self._handed.get(name, 0) + waiters
+            else:
+                self._cache.release(name)
             if spec.pinned:
                 self._cache.pin(name)
             self.loads += 1

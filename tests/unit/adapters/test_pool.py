@@ -445,3 +445,25 @@ def test_random_concurrent_workloads_keep_every_invariant(
     # Exactly one unload per eviction, and only of loaded adapters (Engine.unload asserts that).
     assert pool.evictions == len(engine.unloads)
     assert len(engine.loads) - len(engine.unloads) == len(engine.loaded)
+
+
+def test_loads_competing_for_the_last_slots_do_not_evict_each_other_forever():
+    # d pinned, b resident, 3 slots: e, f and c arrive cold together. Each finished load must go
+    # to the request that waited for it, not be evicted by the next load before that request
+    # resumes (found by the property test above: the loads thrashed until the run timed out).
+    engine = Engine(max_count=3, sizes={"b": 4, "c": 8, "d": 5, "e": 7, "f": 10}, yields=0)
+
+    async def scenario():
+        pool = engine.pool(capacity_timeout_s=0.2)
+        await pool.pin(spec("d"))
+        await request(pool, engine, "b")
+        wanted = [("e", 4), ("b", 3), ("f", 1), ("c", 4)]
+        results = await asyncio.gather(
+            *(request(pool, engine, n, t) for n, t in wanted), return_exceptions=True
+        )
+        return results, pool
+
+    results, pool = run(scenario(), timeout=10)
+    assert all(r is None or isinstance(r, AdapterCapacityError) for r in results), results
+    assert pool.loads <= 6
+    assert engine.violations == []
