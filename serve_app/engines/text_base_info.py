@@ -12,10 +12,5 @@ def text_base_info(name: str, model: str, extra_refs: tuple[str, ...] = ()) -> B
     config = AutoConfig.from_pretrained(model)
     with torch.device("meta"):
         net = AutoModelForCausalLM.from_config(config)
-    modules = {
-        n: (m.in_features, m.out_features)
-        for n, m in net.named_modules()
-        if isinstance(m, torch.nn.Linear)
-    }
-    refs = frozenset({name, model, getattr(config, "_name_or_path", "") or model, *extra_refs})
-    return BaseModelInfo(name=name, refs=refs, modules=modules)
+    refs = {name, model, getattr(config, "_name_or_path", "") or model, *extra_refs}
+    return BaseModelInfo.from_module(name, refs, net)
