@@ -2,6 +2,8 @@
 OpenAI-style error body. No FastAPI here: the ingress turns (status, body) into a response.
 """
 
+from pydantic import ValidationError
+
 from adapters import errors as ae
 
 
@@ -15,6 +17,13 @@ class InvalidRequestError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def invalid_field(e: "ValidationError") -> InvalidRequestError:
+    """A pydantic ValidationError as the request error that names its first bad field."""
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or None
+    return InvalidRequestError(f"invalid field '{field}': {err['msg']}", param=field)
 
 
 class RequestTooLargeError(InvalidRequestError):

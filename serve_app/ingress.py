@@ -60,11 +60,7 @@ def _validated(build: Any) -> Any:
     try:
         return build()
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        raise errors.InvalidRequestError(
-            f"invalid field '{field}': {err['msg']}", param=field
-        ) from None
+        raise errors.invalid_field(e) from None
 
 
 async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:

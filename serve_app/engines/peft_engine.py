@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.errors import AdapterLoadError, UnknownModelError
-from serve_app.errors import InvalidRequestError, RequestTooLargeError
+from serve_app.errors import RequestTooLargeError, invalid_field
 
 if TYPE_CHECKING:
     from adapters.validate import BaseModelInfo
@@ -267,6 +267,4 @@ def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        raise InvalidRequestError(f"invalid field '{field}': {err['msg']}", param=field) from None
+        raise invalid_field(e) from None

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from adapters.errors import AdapterLoadError, UnknownModelError
-from serve_app.errors import EngineError, InvalidRequestError, RequestTooLargeError
+from serve_app.errors import (
+    EngineError,
+    InvalidRequestError,
+    RequestTooLargeError,
+    invalid_field,
+)
 
 if TYPE_CHECKING:
     from adapters.validate import BaseModelInfo
@@ -150,9 +155,7 @@ def _parse(model: type, body: dict[str, Any]) -> Any:
     except VLLMValidationError as e:  # vLLM's own validators, e.g. a missing prompt
         raise InvalidRequestError(str(e), param=e.parameter) from None
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        raise InvalidRequestError(f"invalid field '{field}': {err['msg']}", param=field) from None
+        raise invalid_field(e) from None
     except ValueError as e:  # vLLM's own validators raise plain ValueErrors
         raise InvalidRequestError(str(e)) from None
 
