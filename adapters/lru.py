@@ -190,6 +190,25 @@ class AdapterCache(Generic[T]):
             count, total = count - 1, total - self._entries[k].size_bytes
         return victims
 
+    def should_wait(self, key: str, size_bytes: int) -> bool:
+        """lfu admission: True when putting ``key`` now would evict an adapter requested more
+        often than ``key`` while one requested no more often is merely in use (it will be released
+        soon, and is the better victim). Always False under lru, or when nothing must go.
+        """
+        if self.policy != "lfu":
+            return False
+        victims = self.victims_for(size_bytes, key)
+        if not victims:
+            return False
+        f = self._freq.get(key, 0)
+        if max(self._freq.get(v, 0) for v in victims) <= f:
+            return False
+        return any(
+            e.refs and not e.pinned and self._freq.get(k, 0) <= f
+            for k, e in self._entries.items()
+            if k != key
+        )
+
     def put(self, key: str, value: T, size_bytes: int) -> list[str]:
         """Insert or replace ``key``; evict what must go (in policy order) and return those keys.
 

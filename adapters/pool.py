@@ -51,7 +51,9 @@ class AdapterPool:
     ``prepare(spec)`` fetches and validates (it may call ``report(spec.name, FETCHING)`` and
     ``report(spec.name, VALIDATING)`` so those phases are logged); ``load(spec, prepared)`` puts the
     adapter into the engine; ``unload(name)`` takes it out and returns its memory. ``on_event`` sees
-    every state transition. Waiting for room is bounded by ``capacity_timeout_s``.
+    every state transition. Waiting for room is bounded by ``capacity_timeout_s``. Under ``lfu``, a
+    load that would evict an adapter requested more often than itself first waits (at most
+    ``admission_wait_s``) for a less requested adapter that is in use to be released.
 
     NOTE: one ``asyncio.Lock`` per adapter id serialises load and evict of that id; a load runs as
     a task shared by every request that waits for it (so it finishes, and its error reaches all of
@@ -70,11 +72,13 @@ class AdapterPool:
         on_event: Callable[[str, AdapterState, dict], None] | None = None,
         name: str = "",
         capacity_timeout_s: float = 30.0,
+        admission_wait_s: float = 0.5,
     ) -> None:
         self._prepare, self._load_cb, self._unload_cb = prepare, load, unload
         self._on_event = on_event
         self.name = name
         self.capacity_timeout_s = capacity_timeout_s
+        self.admission_wait_s = admission_wait_s
         self._cache: AdapterCache[Prepared] = AdapterCache(max_count, max_bytes, policy)
         self._states: dict[str, AdapterState] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -323,7 +327,11 @@ class AdapterPool:
         Waits while the adapters that would have to go are in use; fails at once if they are pinned.
         """
         cache, size = self._cache, prepared.size_bytes
-        deadline = asyncio.get_running_loop().time() + self.capacity_timeout_s
+        now = asyncio.get_running_loop().time()
+        deadline = now + self.capacity_timeout_s
+        admit_by = now + self.admission_wait_s
+        while cache.should_wait(name, size) and await self._wait_for_change(admit_by):
+            pass  # NOTE: lfu: a popular idle adapter outlives a rarely used one still in use
         while True:
             try:
                 victims = cache.put(name, prepared, size)

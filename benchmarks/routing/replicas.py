@@ -7,13 +7,15 @@ requests at once for ``service_s`` each, and accept ``max_ongoing_requests`` (se
   ``ResidencyReporter``, as our deployments use them. Works under our router and Ray's default.
 - ``MuxReplica``: Ray Serve's own ``@serve.multiplexed(max_num_models_per_replica=slots)``.
 
-Each response is ``{"replica", "loads", "adapter_loads"}``: the replica's id, its loads so far,
-and how many times it has loaded the requested adapter.
+Each response is a dict: ``replica`` (its id), ``adapter``, ``loads`` (the replica's loads so
+far), ``adapter_loads`` (how many times it has loaded that adapter), ``replica_s`` (the request's
+time on the replica) and ``adapter_wait_s`` (how much of it went waiting for the adapter).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -21,6 +23,7 @@ from ray import serve
 
 from adapters.pool import AdapterPool
 from adapters.spec import AdapterSpec
+from serve_app.deployments.logs import to_replica_log
 from serve_app.deployments.residency import ResidencyReporter
 
 
@@ -32,6 +35,7 @@ class _Weights:
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class PoolReplica:
     def __init__(self, slots: int, k: int, load_s: float, service_s: float, eviction: str):
+        to_replica_log()  # adapter loads and evictions in the replica's log, as in serve_app
         self._sem = asyncio.Semaphore(k)
         self._service_s = service_s
         self._load_s = load_s
@@ -64,20 +68,15 @@ class PoolReplica:
 
     async def __call__(self, adapter: str | None = None) -> dict:
         adapter = adapter or serve.get_multiplexed_model_id()
+        t0 = time.perf_counter()
         # NOTE: like serve_app's deployments, a request holds its adapter from arrival (queued
         # in the engine) to the end, so an adapter with requests waiting is never evicted.
         with self.residency.request(adapter):
             async with self.pool.use(AdapterSpec(name=adapter, source="sim://" + adapter)):
+                t1 = time.perf_counter()
                 async with self._sem:
                     await asyncio.sleep(self._service_s)
-        return self._reply(adapter)
-
-    def _reply(self, adapter: str) -> dict:
-        return {
-            "replica": serve.get_replica_context().replica_id.unique_id,
-            "loads": sum(self._loads.values()),
-            "adapter_loads": self._loads[adapter],
-        }
+        return _reply(self._loads, adapter, t0, t1)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
@@ -97,11 +96,20 @@ class MuxReplica:
 
     async def __call__(self, adapter: str | None = None) -> dict:
         adapter = serve.get_multiplexed_model_id()
+        t0 = time.perf_counter()
         async with self._sem:
             await self.get_model(adapter)
+            t1 = time.perf_counter()
             await asyncio.sleep(self._service_s)
-        return {
-            "replica": serve.get_replica_context().replica_id.unique_id,
-            "loads": sum(self._loads.values()),
-            "adapter_loads": self._loads[adapter],
-        }
+        return _reply(self._loads, adapter, t0, t1)
+
+
+def _reply(loads: Counter[str], adapter: str, t0: float, t1: float) -> dict:
+    return {
+        "replica": serve.get_replica_context().replica_id.unique_id,
+        "adapter": adapter,
+        "loads": sum(loads.values()),
+        "adapter_loads": loads[adapter],
+        "replica_s": time.perf_counter() - t0,  # arrival at the replica to the reply
+        "adapter_wait_s": t1 - t0,  # waiting for the adapter (its load, or a slot for it)
+    }

@@ -218,6 +218,7 @@ class Fleet:
         # Requests waiting in this router, per adapter: their adapters are not victims either.
         self._wanted: dict[str, int] = {}
         self._victim_f = np.zeros(0)
+        self._guarded = np.zeros(0, dtype=bool)  # see _set_victim
         self._tiebreak = np.zeros(0)
         self._hash_cache: dict[str, int] = {}
 
@@ -325,6 +326,7 @@ class Fleet:
         self._victim_of = {}
         self._victim = [None] * len(views)
         self._victim_f = np.zeros(len(views))
+        self._guarded = np.zeros(len(views), dtype=bool)
         self._in_use = {r: c for r, c in self._in_use.items() if r in self._index}
         self._used_since = {r: u for r, u in self._used_since.items() if r in self._index}
         for i in range(len(views)):
@@ -341,23 +343,37 @@ class Fleet:
         return h
 
     def _set_victim(self, i: int) -> None:
-        """Recompute replica ``i``'s next victim: its first reported one not in use here."""
+        """Recompute replica ``i``'s next victim: the first of its reported ones not in use here
+        (preferring those not used since its report), as the replica's own pool would pick it.
+
+        A victim wanted here (requests for it wait in this router) is not replaced by the next
+        one: the replica would evict it all the same, so the replica is *guarded* instead.
+        """
         old = self._victim[i]
         if old is not None and old in self._victim_of:
             self._victim_of[old].discard(i)
         rid = self._ids[i]
+        view = self._views[rid]
         busy = self._in_use.get(rid, {})
         used = self._used_since.get(rid, ())
-        idle = [
-            v for v in self._views[rid].victims if v[0] not in busy and v[0] not in self._wanted
-        ]
+        idle = [v for v in view.victims if v[0] not in busy]
         v = next((v for v in idle if v[0] not in used), idle[0] if idle else None)
+        if v is None:
+            held = view.resident | view.loading
+            self._guarded[i] = not self._free_slot[i] and any(
+                a in self._wanted and len(self._holders.get(a, ())) == 1 for a in held
+            )
+        else:
+            # Only the adapter's last holder is guarded: another copy still serves its requests.
+            self._guarded[i] = v[0] in self._wanted and len(self._holders.get(v[0], ())) == 1
+            if self._guarded[i]:
+                v = None
         self._victim[i] = v[0] if v else None
         if v is not None:
             self._victim_of.setdefault(v[0], set()).add(i)
             self._victim_f[i] = self._freq.get(v[0], 0.0)
             self._victim_t[i] = v[1]
-        else:  # nothing evictable now (all in use, or just placed): not a cheap target
+        else:  # nothing evictable now (all in use, wanted, or just placed): not a cheap target
             self._victim_f[i] = 0.0 if self._free_slot[i] else np.inf
             self._victim_t[i] = np.nan
 
@@ -388,8 +404,9 @@ class Fleet:
                 self._wanted[a] = w
             else:
                 self._wanted.pop(a, None)
-            for i in self._holders.get(a, ()):
-                self._set_victim(i)
+            if w <= 1:  # the adapter became wanted, or stopped being wanted
+                for i in self._holders.get(a, ()):
+                    self._set_victim(i)
 
     def in_use(self, replica_id: str) -> set[str]:
         return set(self._in_use.get(replica_id, ()))
@@ -453,6 +470,12 @@ class Fleet:
                     kinds[i] = "hit" if held[i] == need else "cold"
         if not out:
             mask = load < k.place_below
+            if request.waited_s < k.max_wait_s:
+                # Never evict an adapter that requests waiting here still want (they would
+                # load it again): wait for a replica whose next victim is not wanted.
+                mask &= ~self._guarded
+                if not mask.any():
+                    return Decision("cold", [])
             if request.waited_s < min(k.admit_wait_s, k.max_wait_s):
                 # Admission: evict only a victim no more popular than this adapter (or use a
                 # free slot); while no replica offers one, wait (an in-use cheap victim frees up
@@ -462,7 +485,8 @@ class Fleet:
                 mask &= cheap
                 if not mask.any():
                     return Decision("cold", [])
-            t = self._best_score(request.key, mask, now, load, light_first=False)
+            want = max(self._wanted.get(a, 0) for a in request.adapters)
+            t = self._best_score(request.key, mask, now, load, light_first=False, room_for=want)
             if t is None:  # all busy: wait for the rendezvous home
                 t = self._best_score(request.key, np.ones(len(self._ids), dtype=bool))
             out.append(t)
@@ -500,6 +524,7 @@ class Fleet:
         now: float = 0.0,
         load: np.ndarray | None = None,
         light_first: bool = True,
+        room_for: int = 0,
     ) -> int | None:
         evicting = load is not None
         if not mask.any():
@@ -515,6 +540,9 @@ class Fleet:
             score = score | (self._free_slot.astype(np.uint64) << np.uint64(62))
             light = (load < self.knobs.spill_to).astype(np.uint64)
             score = score | (light << np.uint64(63 if light_first else 56))
+            if room_for > 1:  # a burst: a replica that takes all its waiting requests at once
+                room = self._cap - self._ongoing >= np.minimum(room_for, self._cap)
+                score = (score >> np.uint64(1)) | (room.astype(np.uint64) << np.uint64(63))
         score = np.where(mask, score, np.uint64(0))
         i = int(np.argmax(score))
         return i if mask[i] else None

@@ -175,14 +175,15 @@ class AdapterAwareRouter(RequestRouter):
     ) -> list[list[RunningReplica]]:
         if pending_request is None:
             return [candidate_replicas]
+        # NOTE: without this flag Serve asks again at once when no replica took the request (it is
+        # cleared for locality retries), and since this method never awaits, a waiting request
+        # would spin the router's event loop, starving every other request and update.
+        pending_request.routing_context.should_backoff = True
         self._expire_expected()
         mid = pending_request.metadata.multiplexed_model_id or ""
         request = RequestView.from_model_id(mid, time.time() - pending_request.created_at)
         decision = self._fleet.decide(request)
-        req_id = pending_request.metadata.internal_request_id
-        if req_id not in self._last:
-            self._fleet.waiting(request.adapters, +1)
-        self._last[req_id] = (decision, request)
+        self._last[pending_request.metadata.internal_request_id] = (decision, request)
         log.debug("adapter router: %r -> %s %s", mid, decision.kind, decision.ids)
         if decision.ids and decision.kind in ("cold", "spill"):
             # NOTE: expect the adapter on the first choice now, not when the replica accepts (a
@@ -194,13 +195,24 @@ class AdapterAwareRouter(RequestRouter):
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         return [[by_id[i]] for i in decision.ids if i in by_id]
 
+    async def _choose_replica_for_request(self, pending_request: PendingRequest, **kw):
+        # NOTE: Serve's private entry point for every request it queues (pinned Ray version):
+        # a request counts as waiting from the moment it is queued, not only once one of the
+        # router's few routing tasks reaches it, so a burst's queued requests protect their
+        # adapters from eviction (policy: guarded replicas).
+        adapters = RequestView.from_model_id(pending_request.metadata.multiplexed_model_id or "")
+        self._fleet.waiting(adapters.adapters, +1)
+        try:
+            return await super()._choose_replica_for_request(pending_request, **kw)
+        finally:
+            self._fleet.waiting(adapters.adapters, -1)
+
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result):
         rid = replica_id.unique_id
         last = self._last.pop(pending_request.metadata.internal_request_id, None)
         if last is None:
             return
         decision, request = last
-        self._fleet.waiting(request.adapters, -1)
         self._fleet.observe(request)
         kind = decision.kinds.get(rid, "fallback")
         self.decision_counts[kind] = self.decision_counts.get(kind, 0) + 1
@@ -225,8 +237,6 @@ class AdapterAwareRouter(RequestRouter):
 
     def _expire_expected(self) -> None:
         if len(self._last) > 10_000:  # requests routed without a callback (no rejection protocol)
-            for _, request in self._last.values():
-                self._fleet.waiting(request.adapters, -1)
             self._last.clear()
         if len(self._running) > 100_000:  # completions never reported: forget, don't leak
             self._running.clear()

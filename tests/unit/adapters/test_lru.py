@@ -184,3 +184,28 @@ def test_lfu_history_is_bounded():
     for i in range(50):
         cache.touch(f"ghost-{i}")
     assert sum(cache.frequency(f"ghost-{i}") > 0 for i in range(50)) == 3
+
+
+def test_should_wait_only_under_lfu_for_a_rarer_adapter_in_use():
+    for policy, expected in [("lfu", True), ("lru", False)]:
+        c = AdapterCache(2, policy=policy)
+        c.put("hot", 1, 0)
+        for _ in range(5):
+            c.touch("hot")
+        c.put("rare", 2, 0)
+        c.acquire("rare")
+        c.touch("new")
+        # Putting 'new' now would evict the popular 'hot'; the rarer 'rare' is only in use.
+        assert c.should_wait("new", 0) is expected, policy
+        c.release("rare")
+        assert c.should_wait("new", 0) is False  # 'rare' is the victim now: no reason to wait
+
+
+def test_should_wait_not_when_every_adapter_in_use_is_popular():
+    c = AdapterCache(2, policy="lfu")
+    for k in ("a", "b"):
+        c.put(k, 0, 0)
+        for _ in range(5):
+            c.touch(k)
+    c.acquire("b")
+    assert c.should_wait("new", 0) is False  # waiting for 'b' would not help

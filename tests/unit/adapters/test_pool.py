@@ -467,3 +467,49 @@ def test_loads_competing_for_the_last_slots_do_not_evict_each_other_forever():
     assert all(r is None or isinstance(r, AdapterCapacityError) for r in results), results
     assert pool.loads <= 6
     assert engine.violations == []
+
+
+@pytest.mark.parametrize("policy, evicted", [("lfu", "rare"), ("lru", "hot")])
+def test_lfu_load_waits_for_a_rare_adapter_in_use_rather_than_evict_a_popular_idle_one(
+    policy, evicted
+):
+    # 'hot' (often requested, idle) and 'rare' (requested once, still in use) fill the set. A
+    # one-off newcomer waits for 'rare' to be released and evicts it, not 'hot'. Under lru it
+    # evicts 'hot' at once, the only adapter not in use.
+    engine = Engine(max_count=2)
+
+    async def scenario():
+        pool = engine.pool(policy=policy)
+        for _ in range(5):
+            await request(pool, engine, "hot")
+        release = asyncio.Event()
+
+        async def long_request():
+            async with pool.use(spec("rare")):
+                await release.wait()
+
+        holder = asyncio.create_task(long_request())
+        while not pool.is_resident("rare"):
+            await asyncio.sleep(0)
+        newcomer = asyncio.create_task(request(pool, engine, "new"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(holder, newcomer)
+
+    run(scenario())
+    assert engine.unloads == [evicted]
+
+
+def test_lfu_admission_wait_is_bounded():
+    engine = Engine(max_count=2)
+
+    async def scenario():
+        pool = engine.pool(policy="lfu", admission_wait_s=0.01)
+        for _ in range(5):
+            await request(pool, engine, "hot")
+        async with pool.use(spec("rare")):
+            await request(pool, engine, "new")  # 'rare' stays in use: evict 'hot' after all
+
+    run(scenario())
+    assert engine.unloads == ["hot"]

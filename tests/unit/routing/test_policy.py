@@ -305,3 +305,37 @@ def test_placing_a_cold_adapter_evicts_the_expected_victim_at_once():
     fleet.set_replicas([r("r0", ["x", "y"], victims=(("x", NOW - 1),)), r("r1")])
     fleet.add_expected("r0", "new")
     assert fleet.holders("x") == set() and fleet.holders("new") == {"r0"}
+
+
+def test_last_holder_of_a_wanted_adapter_is_guarded_until_max_wait():
+    # r0's next victim 'b' has requests queued in this router and no other holder: placing a
+    # cold adapter on r0 would evict it and those requests would load it again. Wait instead.
+    fleet = Fleet()
+    fleet.set_replicas([r("r0", ["a", "b"], victims=(("b", NOW - 1), ("a", NOW - 1)))])
+    fleet.waiting(["b"], +1)
+    assert fleet.decide(req("new", waited=1.0)).ids == []
+    assert fleet.decide(req("new", waited=fleet.knobs.max_wait_s)).ids == ["r0"]
+    fleet.waiting(["b"], -1)  # routed: 'b' is no longer wanted
+    assert fleet.decide(req("new", waited=1.0)).ids == ["r0"]
+
+
+def test_a_wanted_adapter_with_another_holder_does_not_guard():
+    fleet = Fleet()
+    fleet.set_replicas(
+        [
+            r("r0", ["a", "b"], victims=(("b", NOW - 1), ("a", NOW - 1))),
+            r("r1", ["b", "c"], ongoing=4, victims=(("c", NOW - 1),)),
+        ]
+    )
+    fleet.waiting(["b"], +1)
+    assert fleet.decide(req("new", waited=1.0)).ids == ["r0"]
+
+
+def test_a_burst_adapter_goes_where_all_its_waiting_requests_fit():
+    # Three requests for 'new' are queued: the busier r1 takes all of them at once, the idle r0
+    # two more (one request alone would go to r0, the less loaded).
+    fleet = Fleet()
+    fleet.set_replicas([r("r0", ongoing=1, max_ongoing=3), r("r1", ongoing=4, max_ongoing=8)])
+    assert fleet.decide(req("new")).ids == ["r0"]
+    fleet.waiting(["new"], +3)
+    assert fleet.decide(req("new")).ids == ["r1"]
