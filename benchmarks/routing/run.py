@@ -157,7 +157,7 @@ def run_all(
         if traces_filter and trace.name not in traces_filter:
             continue
         routers = ["ours", "builtin", "pow2"]
-        if trace.name in ("zipf", "rotate"):
+        if trace.name in ("zipf", "rotate", "hot"):
             routers.insert(1, "ours-lfu")
         routers = [r for r in routers if not routers_filter or r in routers_filter]
         print(f"\n== {trace.name}: {trace.note} ({len(trace.adapters)} requests)", flush=True)

@@ -24,16 +24,22 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    popular adapter evicted costs a load later; together with frequency-aware eviction on the
    replicas (the pool's ``lfu``) this makes the fleet behave like one combined LFU cache. After
    ``admit_wait_s`` every replica below ``place_below`` is eligible.
-   Among eligible replicas the score is, in order: a free slot; how rarely the replica's next
+   Whatever the wait, until ``max_wait_s`` a *guarded* replica is never eligible: one whose next
+   victim is wanted by requests queued in this router (``waiting``) and held nowhere else, so
+   evicting it would make them load it again (in a burst of cold adapters, the requests still
+   queued for one would otherwise lose it to the next).
+   Among eligible replicas the score is, in order (when several requests for ``a`` are queued, a
+   replica with room for all of them comes first, so a burst's requests go to one replica
+   together): a free slot; how rarely the replica's next
    victim (``victims``) is requested (bucketed by powers of two); load below ``spill_to``; how long
    ago that victim was last used (powers of two of milliseconds); then the rendezvous hash of
    ``a``, fixed per (adapter, replica), so every router instance picks the same home without
    talking to the others and a burst for one cold adapter loads it on one replica.
    A replica's victim is the first adapter of its reported eviction order (``victims``, in use
-   or not) that this router has no request in flight for (``started``/``finished``), none
-   waiting for (``waiting``) and, if possible, has not sent a request for since the replica's
-   last report (under lru or lfu such an adapter moved back in the order). A replica with no
-   such victim (everything in use) is never a cheap target. An adapter just placed uses up the
+   or not) that this router has no request in flight for (``started``/``finished``) and, if
+   possible, has not sent a request for since the replica's last report (under lru or lfu such
+   an adapter moved back in the order): the one the replica's own pool would evict. A replica
+   with no such victim (everything in use) is never a cheap target. An adapter just placed uses up the
    replica's free slot or evicts its victim at once (it stops counting as a holder), so a burst
    of different cold adapters spreads, and no request is sent as a "hit" to an adapter the
    placement evicted. When every replica is busy, the adapter waits for its rendezvous home.
