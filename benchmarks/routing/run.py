@@ -1,7 +1,7 @@
 """Run every router on every trace on real Ray Serve, print a table and write JSON.
 
 Routers: ``ours`` (``AdapterAwareRouter`` + ``AdapterPool`` with lru, and ``ours-lfu`` with the
-pool's frequency-aware eviction on the Zipf and rotating traces), ``builtin`` (Ray Serve's
+pool's frequency-aware eviction on the Zipf, rotating and hot traces), ``builtin`` (Ray Serve's
 ``@serve.multiplexed`` replicas and its default multiplex routing), ``pow2`` (the pool replicas
 under Ray's power-of-two routing with no adapter id, so no affinity).
 """
