@@ -72,7 +72,7 @@ class AdapterPool:
         on_event: Callable[[str, AdapterState, dict], None] | None = None,
         name: str = "",
         capacity_timeout_s: float = 30.0,
-        admission_wait_s: float = 0.5,
+        admission_wait_s: float = 0.1,
     ) -> None:
         self._prepare, self._load_cb, self._unload_cb = prepare, load, unload
         self._on_event = on_event

@@ -30,18 +30,20 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    queued for one would otherwise lose it to the next).
    Among eligible replicas the score is, in order (when several requests for ``a`` are queued, a
    replica with room for all of them comes first, so a burst's requests go to one replica
-   together): a free slot; how rarely the replica's next
-   victim (``victims``) is requested (bucketed by powers of two); load below ``spill_to``; how long
-   ago that victim was last used (powers of two of milliseconds); then the rendezvous hash of
-   ``a``, fixed per (adapter, replica), so every router instance picks the same home without
-   talking to the others and a burst for one cold adapter loads it on one replica.
+   together): a replica loading no other adapter (a load takes a batch slot for its whole
+   duration, and two on one replica stall everything queued there); a free slot; how rarely the
+   replica's next victim (``victims``) is requested (bucketed by powers of two); load below
+   ``spill_to``; how long ago that victim was last used (powers of two of milliseconds); then
+   the rendezvous hash of ``a``, fixed per (adapter, replica), so every router instance picks
+   the same home without talking to the others and a burst for one cold adapter loads it on one
+   replica.
    A replica's victim is the first adapter of its reported eviction order (``victims``, in use
    or not) that this router has no request in flight for (``started``/``finished``) and, if
    possible, has not sent a request for since the replica's last report (under lru or lfu such
    an adapter moved back in the order): the one the replica's own pool would evict. A replica
-   with no such victim (everything in use) is never a cheap target. An adapter just placed uses up the
-   replica's free slot or evicts its victim at once (it stops counting as a holder), so a burst
-   of different cold adapters spreads, and no request is sent as a "hit" to an adapter the
+   with no such victim (everything in use) is never a cheap target. An adapter just placed uses
+   up the replica's free slot or evicts its victim at once (it stops counting as a holder), so a
+   burst of different cold adapters spreads, and no request is sent as a "hit" to an adapter the
    placement evicted. When every replica is busy, the adapter waits for its rendezvous home.
 4. **Fallback.** A request unrouted for ``max_wait_s`` also gets the least loaded replicas, so
    nothing starves behind a stuck holder.
@@ -210,6 +212,7 @@ class Fleet:
         self._cap = np.ones(0)
         self._free_slot = np.zeros(0, dtype=bool)
         self._victim_t = np.zeros(0)
+        self._loading_n = np.zeros(0)  # adapters each replica is loading now
         # Aged request counts per adapter (observe), and the count of each replica's first victim.
         self._freq: dict[str, float] = {}
         self._observed = 0
@@ -280,6 +283,7 @@ class Fleet:
         for a in view.resident:
             self._holders.setdefault(a, {})[i] = True
         self._ongoing[i] = view.ongoing
+        self._loading_n[i] = len(view.loading)
         self._cap[i] = max(1, view.max_ongoing)
         self._free_slot[i] = view.slots > 0 and len(view.resident | view.loading) < view.slots
         self._set_victim(i)
@@ -323,6 +327,7 @@ class Fleet:
         self._seeds = np.array([key_hash(r) for r in self._ids], dtype=np.uint64)
         self._ongoing = np.array([float(v.ongoing) for v in views])
         self._cap = np.array([float(max(1, v.max_ongoing)) for v in views])
+        self._loading_n = np.array([float(len(v.loading)) for v in views])
         self._free_slot = np.array(
             [v.slots > 0 and len(v.resident | v.loading) < v.slots for v in views], dtype=bool
         )
@@ -535,8 +540,9 @@ class Fleet:
         evicting = load is not None
         if not mask.any():
             return None
-        # Score tiers in the top bits: lightly loaded (bit 63, or 56 when not light_first), free
-        # slot (62), rarely requested victim (57-61), victim idle time (51-55), then the hash.
+        # Score tiers in the top bits: lightly loaded (bit 63, or 56 when not light_first, where
+        # bit 63 is "loading nothing"), free slot (62), rarely requested victim (57-61), victim
+        # idle time (51-55), then the hash; room for a burst, when asked, goes above them all.
         score = _mix(self._seeds, self._hash(key)) >> np.uint64(13)
         if evicting:
             idle_ms = np.nan_to_num((now - self._victim_t) * 1000.0, nan=0.0)
@@ -546,6 +552,8 @@ class Fleet:
             score = score | (self._free_slot.astype(np.uint64) << np.uint64(62))
             light = (load < self.knobs.spill_to).astype(np.uint64)
             score = score | (light << np.uint64(63 if light_first else 56))
+            if not light_first:  # cold placement: a replica loading nothing else first
+                score = score | ((self._loading_n == 0).astype(np.uint64) << np.uint64(63))
             if room_for > 1:  # a burst: a replica that takes all its waiting requests at once
                 room = self._cap - self._ongoing >= np.minimum(room_for, self._cap)
                 score = (score >> np.uint64(1)) | (room.astype(np.uint64) << np.uint64(63))

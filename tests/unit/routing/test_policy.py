@@ -339,3 +339,14 @@ def test_a_burst_adapter_goes_where_all_its_waiting_requests_fit():
     assert fleet.decide(req("new")).ids == ["r0"]
     fleet.waiting(["new"], +3)
     assert fleet.decide(req("new")).ids == ["r1"]
+
+
+def test_a_cold_adapter_goes_to_a_replica_not_already_loading_one():
+    # r0 would win on every other count (free slot, idle), but it is busy loading 'x'.
+    fleet = Fleet()
+    fleet.set_replicas(
+        [r("r0", loading=["x"], ongoing=1), r("r1", ["p", "q"], victims=(("q", NOW - 5),))]
+    )
+    assert fleet.decide(req("new", waited=1.0)).ids == ["r1"]
+    fleet.upsert(r("r0", ["x"], ongoing=1))  # its load finished
+    assert fleet.decide(req("new", waited=1.0)).ids == ["r0"]
