@@ -24,10 +24,10 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    popular adapter evicted costs a load later; together with frequency-aware eviction on the
    replicas (the pool's ``lfu``) this makes the fleet behave like one combined LFU cache. After
    ``admit_wait_s`` every replica below ``place_below`` is eligible.
-   Whatever the wait, until ``max_wait_s`` a *guarded* replica is never eligible: one whose next
-   victim is wanted by requests queued in this router (``waiting``) and held nowhere else, so
-   evicting it would make them load it again (in a burst of cold adapters, the requests still
-   queued for one would otherwise lose it to the next).
+   Whatever the wait, until ``max_wait_s`` a *guarded* replica is never eligible: one without a
+   free slot that holds an adapter wanted by requests queued in this router (``waiting``) and
+   held nowhere else, so evicting it would make them load it again (in a burst of cold
+   adapters, the requests still queued for one would otherwise lose it to the next).
    Among eligible replicas the score is, in order (when several requests for ``a`` are queued, a
    replica with room for all of them comes first, so a burst's requests go to one replica
    together): a replica loading no other adapter (a load takes a batch slot for its whole
@@ -44,7 +44,8 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    with no such victim (everything in use) is never a cheap target. An adapter just placed uses
    up the replica's free slot or evicts its victim at once (it stops counting as a holder), so a
    burst of different cold adapters spreads, and no request is sent as a "hit" to an adapter the
-   placement evicted. When every replica is busy, the adapter waits for its rendezvous home.
+   placement evicted. When no replica is eligible the request waits in the router (an empty
+   preference list); past ``max_wait_s`` it goes to its rendezvous home, busy or not.
 4. **Fallback.** A request unrouted for ``max_wait_s`` also gets the least loaded replicas, so
    nothing starves behind a stuck holder.
 
@@ -357,8 +358,8 @@ class Fleet:
         """Recompute replica ``i``'s next victim: the first of its reported ones not in use here
         (preferring those not used since its report), as the replica's own pool would pick it.
 
-        A victim wanted here (requests for it wait in this router) is not replaced by the next
-        one: the replica would evict it all the same, so the replica is *guarded* instead.
+        A replica that could evict an adapter wanted here (requests for it wait in this router)
+        and held nowhere else is *guarded* instead: no victim, no cold placement.
         """
         old = self._victim[i]
         if old is not None and old in self._victim_of:
@@ -369,16 +370,14 @@ class Fleet:
         used = self._used_since.get(rid, ())
         idle = [v for v in view.victims if v[0] not in busy]
         v = next((v for v in idle if v[0] not in used), idle[0] if idle else None)
-        if v is None:
-            held = view.resident | view.loading
-            self._guarded[i] = not self._free_slot[i] and any(
-                a in self._wanted and len(self._holders.get(a, ())) == 1 for a in held
-            )
-        else:
-            # Only the adapter's last holder is guarded: another copy still serves its requests.
-            self._guarded[i] = v[0] in self._wanted and len(self._holders.get(v[0], ())) == 1
-            if self._guarded[i]:
-                v = None
+        # NOTE: any adapter it holds, not only the estimated first victim: one in use now may be
+        # idle, and first in the replica's own order, by the time a newcomer arrives there.
+        self._guarded[i] = not self._free_slot[i] and any(
+            a in self._wanted and len(self._holders.get(a, ())) == 1
+            for a in view.resident | view.loading
+        )
+        if self._guarded[i]:
+            v = None
         self._victim[i] = v[0] if v else None
         if v is not None:
             self._victim_of.setdefault(v[0], set()).add(i)

@@ -83,6 +83,7 @@ class AdapterAwareRouter(RequestRouter):
         self._inflight: dict[str, int] = {}
         self._last: dict[str, Any] = {}  # internal request id -> Decision
         self._running: dict[str, tuple[str, tuple[str, ...]]] = {}  # id -> (replica, adapters)
+        self._queued: dict[str, tuple[str, ...]] = {}  # id -> adapters, until a replica accepts
         self.decision_counts: dict[str, int] = {}
 
     # ---- replica set -----------------------------------------------------------------------
@@ -197,18 +198,29 @@ class AdapterAwareRouter(RequestRouter):
 
     async def _choose_replica_for_request(self, pending_request: PendingRequest, **kw):
         # NOTE: Serve's private entry point for every request it queues (pinned Ray version):
-        # a request counts as waiting from the moment it is queued, not only once one of the
-        # router's few routing tasks reaches it, so a burst's queued requests protect their
-        # adapters from eviction (policy: guarded replicas).
-        adapters = RequestView.from_model_id(pending_request.metadata.multiplexed_model_id or "")
-        self._fleet.waiting(adapters.adapters, +1)
+        # a request counts as waiting from the moment it is queued (not only once one of the
+        # router's few routing tasks reaches it) until a replica accepts it (a replica that
+        # rejects it sends it back here), so queued requests protect their adapter from eviction
+        # (policy: guarded replicas).
+        rid = pending_request.metadata.internal_request_id
+        if rid not in self._queued:
+            mid = pending_request.metadata.multiplexed_model_id or ""
+            self._queued[rid] = RequestView.from_model_id(mid).adapters
+            self._fleet.waiting(self._queued[rid], +1)
         try:
             return await super()._choose_replica_for_request(pending_request, **kw)
-        finally:
-            self._fleet.waiting(adapters.adapters, -1)
+        except BaseException:
+            self._unqueue(rid)  # cancelled: the caller went away
+            raise
+
+    def _unqueue(self, internal_request_id: str) -> None:
+        adapters = self._queued.pop(internal_request_id, None)
+        if adapters is not None:
+            self._fleet.waiting(adapters, -1)
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result):
         rid = replica_id.unique_id
+        self._unqueue(pending_request.metadata.internal_request_id)
         last = self._last.pop(pending_request.metadata.internal_request_id, None)
         if last is None:
             return
@@ -222,6 +234,7 @@ class AdapterAwareRouter(RequestRouter):
         self._fleet.started(rid, request.adapters)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self._unqueue(internal_request_id)  # sent without Serve's rejection protocol
         running = self._running.pop(internal_request_id, None)
         if running is not None:
             self._fleet.finished(*running)
@@ -240,6 +253,9 @@ class AdapterAwareRouter(RequestRouter):
             self._last.clear()
         if len(self._running) > 100_000:  # completions never reported: forget, don't leak
             self._running.clear()
+        if len(self._queued) > 100_000:  # acceptances never reported: forget, don't leak
+            for rid in list(self._queued):
+                self._unqueue(rid)
         if not self._expected:
             return
         now = time.monotonic()
