@@ -61,7 +61,7 @@ def _options(d: DeploymentOptions) -> dict[str, Any]:
     if d.router == "adapter_aware":
         from serve_app.routing.router import request_router_config
 
-        opts["request_router_config"] = request_router_config()
+        opts["request_router_config"] = request_router_config(d.router_knobs)
     return opts
 
 

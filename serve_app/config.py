@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from adapters.ids import check_base_name
 from adapters.spec import AdapterSpec
@@ -36,6 +44,23 @@ class DeploymentOptions(_Strict):
         default="adapter_aware",
         description="adapter_aware: our RequestRouter; builtin: Ray Serve's multiplex routing.",
     )
+    router_knobs: dict[str, int | float] = Field(
+        default_factory=dict,
+        description="adapter_aware only: policy knobs (serve_app/routing/policy.py, Knobs).",
+    )
+
+    @field_validator("router_knobs")
+    @classmethod
+    def _known_knobs(cls, v: dict[str, int | float]) -> dict[str, int | float]:
+        from dataclasses import fields
+
+        from serve_app.routing.policy import Knobs  # pure: no Ray import
+
+        known = {f.name for f in fields(Knobs)}
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"unknown router knobs {unknown}; known: {sorted(known)}")
+        return v
 
     @model_validator(mode="after")
     def _replicas(self) -> "DeploymentOptions":

@@ -37,6 +37,7 @@ def _llm(**kw):
         ({"llm": [_llm(adapters=[{"name": "a", "source": "/a"}] * 2)]}, "duplicate adapter"),
         ({"llm": [_llm(engine="tgi")]}, "engine"),
         ({"llm": [_llm(deployment={"num_replica": 2})]}, "num_replica"),
+        ({"llm": [_llm(deployment={"router_knobs": {"spill": 1}})]}, "unknown router knobs"),
         ({"image": [{"name": "sd", "model": "/sd", "default_size": 100}]}, "multiple of 8"),
     ],
 )
