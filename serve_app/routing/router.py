@@ -4,7 +4,9 @@ Serve creates one instance per deployment handle (the proxy's and every caller's
 each replica's adapters from the routing stats that ``deployments.residency`` pushes (falling back
 to Ray's ``multiplexed_model_ids``), keeps its own count of requests in flight per replica (so a
 burst is spread before any stats refresh), and treats an adapter it has just sent to a replica as
-loading there until that replica's report catches up. Set it on a deployment with
+loading there until that replica's report catches up, and counts every request queued in it
+(from the moment Serve queues it until a replica accepts it) as wanting its adapter, so the
+policy never evicts an adapter that queued requests still need. Set it on a deployment with
 ``request_router_config(...)``.
 
 NOTE: no FIFOMixin: a replica chosen for a request is given to that very request (Serve's default
