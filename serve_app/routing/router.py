@@ -26,7 +26,9 @@ from ray.util import metrics
 
 from serve_app.routing.policy import Fleet, Knobs, ReplicaView, RequestView, with_placed
 
-log = logging.getLogger("ray.serve")
+# NOTE: our logger, not "ray.serve": inside a replica (the ingress, where HTTP requests are routed)
+# deployments.logs sends it to the replica's Serve log at INFO, one line per routing decision.
+log = logging.getLogger("serve_app.routing")
 
 ROUTER_CLASS = "serve_app.routing.router:AdapterAwareRouter"
 
@@ -187,7 +189,6 @@ class AdapterAwareRouter(RequestRouter):
         request = RequestView.from_model_id(mid, time.time() - pending_request.created_at)
         decision = self._fleet.decide(request)
         self._last[pending_request.metadata.internal_request_id] = (decision, request)
-        log.debug("adapter router: %r -> %s %s", mid, decision.kind, decision.ids)
         if decision.ids and decision.kind in ("cold", "spill"):
             # NOTE: expect the adapter on the first choice now, not when the replica accepts (a
             # round trip later): concurrent requests for it must see it placed, or a burst for
@@ -229,6 +230,13 @@ class AdapterAwareRouter(RequestRouter):
         decision, request = last
         self._fleet.observe(request)
         kind = decision.kinds.get(rid, "fallback")
+        log.info(
+            "adapter router: %r -> replica %s (%s, waited %.3fs)",
+            request.key,
+            rid,
+            kind,
+            time.time() - pending_request.created_at,
+        )
         self.decision_counts[kind] = self.decision_counts.get(kind, 0) + 1
         _decision_counter().inc(tags={"deployment": self._deployment_id.name, "kind": kind})
         self._expect(rid, request.adapters)

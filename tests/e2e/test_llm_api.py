@@ -2,6 +2,9 @@
 streamed and not, base and adapters; /v1/models; batching of several adapters in one replica."""
 
 import concurrent.futures as cf
+import re
+import time
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +104,19 @@ def test_concurrent_adapters_batch_in_one_replica_without_reloading(oai):
     # vLLM's own scheduler stats: the three adapters ran in one batch together.
     sets = [set(s.split(",")) for s in after["engine"]["running_lora_adapter_sets"]]
     assert any(set(trio) <= s for s in sets), sets
+
+
+def test_adapter_loads_and_routing_decisions_are_in_the_serve_logs(oai):
+    # Where Serve users look: the replica logs of this Ray session. The ingress replica logs
+    # each routing decision (its router sends requests to the LLM replicas), the LLM replica
+    # each adapter transition.
+    _complete(oai, "pirate")
+    serve_logs = Path("/tmp/ray/session_latest/logs/serve")
+    routed = re.compile(r"adapter router: 'pirate' -> replica \S+ \((hit|cold|spill|fallback),")
+    deadline = time.time() + 10
+    while True:
+        text = "\n".join(p.read_text(errors="replace") for p in serve_logs.glob("replica_*.log"))
+        if routed.search(text) and "adapter pirate: loading -> ready" in text:
+            break
+        assert time.time() < deadline, "no routing decision or load line for 'pirate'"
+        time.sleep(0.5)
