@@ -65,7 +65,8 @@ Knobs (``Knobs``):
 - ``admit_wait_s`` (0.05): how long a cold adapter waits for a replica whose victim is no more
   popular than itself (0 disables admission). Keep it to a few service times: in Ray Serve a
   request waiting here holds one of the router's routing tasks, delaying the requests behind it.
-- ``max_wait_s`` (3.0): after waiting this long, a request also accepts the least loaded replicas.
+- ``max_wait_s`` (3.0): after waiting this long, a request also accepts the least loaded replicas
+  and guarded ones.
 - ``max_candidates`` (3): length of the preference list before fallbacks (Ray tries them in
   order, each asked for room, and backs off when all refuse).
 - ``fallbacks`` (2): least loaded replicas appended once ``max_wait_s`` has passed.
