@@ -479,7 +479,7 @@ def test_lfu_load_waits_for_a_rare_adapter_in_use_rather_than_evict_a_popular_id
     engine = Engine(max_count=2)
 
     async def scenario():
-        pool = engine.pool(policy=policy)
+        pool = engine.pool(policy=policy, admission_wait_s=30.0)  # never the limit here
         for _ in range(5):
             await request(pool, engine, "hot")
         release = asyncio.Event()
