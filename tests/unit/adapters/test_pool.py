@@ -111,6 +111,23 @@ def run(coro, timeout: float = 20):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
+async def hold(pool: AdapterPool, engine: Engine, name: str) -> tuple[asyncio.Task, asyncio.Event]:
+    """Start a request that keeps ``name`` in use until the returned event is set; return once
+    ``name`` is resident."""
+    release = asyncio.Event()
+
+    async def long_request():
+        async with pool.use(spec(name)):
+            engine.in_use[name] = 1
+            await release.wait()
+            engine.in_use[name] = 0
+
+    task = asyncio.create_task(long_request())
+    while not pool.is_resident(name):
+        await asyncio.sleep(0)
+    return task, release
+
+
 def test_concurrent_first_requests_load_once():
     engine = Engine(max_count=2)
 
@@ -225,17 +242,7 @@ def test_in_use_adapter_is_not_evicted_newcomer_waits_for_release():
 
     async def scenario():
         pool = engine.pool()
-        release = asyncio.Event()
-
-        async def long_request():
-            async with pool.use(spec("a")):
-                engine.in_use["a"] = 1
-                await release.wait()
-                engine.in_use["a"] = 0
-
-        holder = asyncio.create_task(long_request())
-        while not pool.is_resident("a"):
-            await asyncio.sleep(0)
+        holder, release = await hold(pool, engine, "a")
         waiter = asyncio.create_task(request(pool, engine, "b"))
         for _ in range(20):
             await asyncio.sleep(0)
@@ -482,15 +489,7 @@ def test_lfu_load_waits_for_a_rare_adapter_in_use_rather_than_evict_a_popular_id
         pool = engine.pool(policy=policy, admission_wait_s=30.0)  # never the limit here
         for _ in range(5):
             await request(pool, engine, "hot")
-        release = asyncio.Event()
-
-        async def long_request():
-            async with pool.use(spec("rare")):
-                await release.wait()
-
-        holder = asyncio.create_task(long_request())
-        while not pool.is_resident("rare"):
-            await asyncio.sleep(0)
+        holder, release = await hold(pool, engine, "rare")
         newcomer = asyncio.create_task(request(pool, engine, "new"))
         for _ in range(20):
             await asyncio.sleep(0)
