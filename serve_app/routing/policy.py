@@ -226,7 +226,7 @@ class Fleet:
         # Adapters this router sent to a replica since its last report (they moved back in its
         # eviction order, whatever the policy: lru or lfu).
         self._used_since: dict[str, set[str]] = {}
-        # Requests waiting in this router, per adapter: their adapters are not victims either.
+        # Requests queued in this router, per adapter (``waiting``): they guard its last holder.
         self._wanted: dict[str, int] = {}
         self._victim_f = np.zeros(0)
         self._guarded = np.zeros(0, dtype=bool)  # see _set_victim
@@ -408,7 +408,7 @@ class Fleet:
             self._set_victim(self._index[replica_id])
 
     def waiting(self, adapters: Iterable[str], n: int) -> None:
-        """``n`` = +1: a request for ``adapters`` is waiting to be routed; -1: it was routed."""
+        """``n`` = +1: a request for ``adapters`` is queued here; -1: a replica accepted it."""
         for a in adapters:
             w = self._wanted.get(a, 0) + n
             if w > 0:
@@ -482,8 +482,8 @@ class Fleet:
         if not out:
             mask = load < k.place_below
             if request.waited_s < k.max_wait_s:
-                # Never evict an adapter that requests waiting here still want (they would
-                # load it again): wait for a replica whose next victim is not wanted.
+                # Never evict an adapter that requests queued here still want (they would
+                # load it again): skip guarded replicas, or wait if every replica is.
                 mask &= ~self._guarded
                 if not mask.any():
                     return Decision("cold", [])
