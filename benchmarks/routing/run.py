@@ -83,7 +83,6 @@ async def _drive(handle, trace: Trace, by_id: bool) -> tuple[list[float], list[d
                 else:
                     reply = await handle.remote(a)
                 latencies.append(time.perf_counter() - start)
-                reply["adapter"] = a
                 replies.append(reply)
 
         await asyncio.gather(*(client() for _ in range(phase.concurrency)))
