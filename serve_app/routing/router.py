@@ -80,6 +80,7 @@ class AdapterAwareRouter(RequestRouter):
     def initialize_state(self, knobs: dict[str, Any] | None = None, expect_ttl_s: float = 5.0):
         self._fleet = Fleet(Knobs(**(knobs or {})))
         self._expect_ttl_s = expect_ttl_s
+        self._bounce_ttl_s = 1.0
         self._seen_v: dict[str, int] = {}
         self._reported: dict[str, ReplicaView] = {}
         # (replica, adapter) -> when this router sent it there, until the replica reports it.
@@ -88,6 +89,8 @@ class AdapterAwareRouter(RequestRouter):
         self._last: dict[str, Any] = {}  # internal request id -> Decision
         self._running: dict[str, tuple[str, tuple[str, ...]]] = {}  # id -> (replica, adapters)
         self._queued: dict[str, tuple[str, ...]] = {}  # id -> adapters, until a replica accepts
+        self._routing: set[str] = set()  # ids inside _choose_replica_for_request now
+        self._bounced: dict[str, float] = {}  # queued ids whose attempt completed unaccepted
         self.decision_counts: dict[str, int] = {}
 
     # ---- replica set -----------------------------------------------------------------------
@@ -173,6 +176,15 @@ class AdapterAwareRouter(RequestRouter):
 
     # ---- routing ---------------------------------------------------------------------------
 
+    @property
+    def max_num_routing_tasks(self) -> int:
+        # NOTE: Serve runs at most 2 x replicas routing tasks, each bound to one request until a
+        # replica takes it. A request our policy makes wait (backing off) holds its task; without
+        # a task more per waiting request, a few of them would block every request queued behind
+        # them, including those that would free the replicas they wait for (a burst of cold
+        # adapters then stalled until max_wait_s).
+        return super().max_num_routing_tasks + min(self.num_routing_tasks_in_backoff, 256)
+
     async def choose_replicas(
         self,
         candidate_replicas: list[RunningReplica],
@@ -206,17 +218,22 @@ class AdapterAwareRouter(RequestRouter):
         # rejects it sends it back here), so queued requests protect their adapter from eviction
         # (policy: guarded replicas).
         rid = pending_request.metadata.internal_request_id
+        self._bounced.pop(rid, None)
         if rid not in self._queued:
             mid = pending_request.metadata.multiplexed_model_id or ""
             self._queued[rid] = RequestView.from_model_id(mid).adapters
             self._fleet.waiting(self._queued[rid], +1)
+        self._routing.add(rid)
         try:
             return await super()._choose_replica_for_request(pending_request, **kw)
         except BaseException:
             self._unqueue(rid)  # cancelled: the caller went away
             raise
+        finally:
+            self._routing.discard(rid)
 
     def _unqueue(self, internal_request_id: str) -> None:
+        self._bounced.pop(internal_request_id, None)
         adapters = self._queued.pop(internal_request_id, None)
         if adapters is not None:
             self._fleet.waiting(adapters, -1)
@@ -244,10 +261,14 @@ class AdapterAwareRouter(RequestRouter):
         self._fleet.started(rid, request.adapters)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        self._unqueue(internal_request_id)  # sent without Serve's rejection protocol
         running = self._running.pop(internal_request_id, None)
         if running is not None:
             self._fleet.finished(*running)
+        elif internal_request_id in self._queued:
+            # NOTE: a replica rejected it (Serve retries it: still queued, still wanting its
+            # adapter) or, without Serve's rejection protocol, it ran: forget it unless a retry
+            # comes soon (_expire_expected).
+            self._bounced[internal_request_id] = time.monotonic()
 
     def _expect(self, rid: str, adapters: tuple[str, ...]) -> None:
         if rid not in self._fleet:
@@ -266,9 +287,12 @@ class AdapterAwareRouter(RequestRouter):
         if len(self._queued) > 100_000:  # acceptances never reported: forget, don't leak
             for rid in list(self._queued):
                 self._unqueue(rid)
+        now = time.monotonic()
+        for rid, t in list(self._bounced.items()):
+            if now - t > self._bounce_ttl_s and rid not in self._routing:
+                self._unqueue(rid)
         if not self._expected:
             return
-        now = time.monotonic()
         stale = {k for k, t in self._expected.items() if now - t > self._expect_ttl_s}
         for k in stale:
             del self._expected[k]
