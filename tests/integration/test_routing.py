@@ -68,6 +68,19 @@ def test_burst_for_a_cold_adapter_loads_it_once(handle):
     assert len({r["replica"] for r in replies}) == 1
 
 
+def test_burst_of_many_cold_adapters_loads_each_once(handle):
+    # More adapters than the 6 slots, all requests at once (more than the replicas accept, so
+    # some are rejected and retried): requests wait in the router for their adapter's replica
+    # instead of loading it on a second one, and an adapter with requests still waiting is not
+    # evicted under them.
+    adapters = [f"burst-{i}" for i in range(8) for _ in range(2)]
+    replies = burst(handle, adapters)
+    for a in set(adapters):
+        mine = [r for r in replies if r["adapter"] == a]
+        assert len({r["replica"] for r in mine}) == 1, (a, mine)
+        assert all(r["adapter_loads"] == 1 for r in mine), (a, mine)
+
+
 def test_hot_adapter_spills_to_a_second_replica(handle):
     # Hot by observed rate: 24 requests after the ~20 above make it over 1/3 of the traffic.
     replies = burst(handle, ["hot"] * 24)
