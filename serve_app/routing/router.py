@@ -5,9 +5,10 @@ each replica's adapters from the routing stats that ``deployments.residency`` pu
 to Ray's ``multiplexed_model_ids``), keeps its own count of requests in flight per replica (so a
 burst is spread before any stats refresh), and treats an adapter it has just sent to a replica as
 loading there until that replica's report catches up, and counts every request queued in it
-(from the moment Serve queues it until a replica accepts it) as wanting its adapter, so the
-policy never evicts an adapter that queued requests still need. Set it on a deployment with
-``request_router_config(...)``.
+(from the moment Serve queues it until a replica accepts it, across rejections and retries) as
+wanting its adapter, so the policy never evicts an adapter that queued requests still need.
+Requests the policy makes wait get routing tasks of their own (see ``max_num_routing_tasks``).
+Set it on a deployment with ``request_router_config(...)``.
 
 NOTE: no FIFOMixin: a replica chosen for a request is given to that very request (Serve's default
 matching); FIFOMixin would hand it to the oldest pending request of any adapter.
@@ -31,6 +32,10 @@ from serve_app.routing.policy import Fleet, Knobs, ReplicaView, RequestView, wit
 log = logging.getLogger("serve_app.routing")
 
 ROUTER_CLASS = "serve_app.routing.router:AdapterAwareRouter"
+
+# How long a queued request whose attempt ended unaccepted still counts as queued without a retry
+# (Serve retries a rejected request at once; one that ran without the rejection protocol never).
+_BOUNCE_TTL_S = 1.0
 
 
 def request_router_config(
@@ -80,7 +85,6 @@ class AdapterAwareRouter(RequestRouter):
     def initialize_state(self, knobs: dict[str, Any] | None = None, expect_ttl_s: float = 5.0):
         self._fleet = Fleet(Knobs(**(knobs or {})))
         self._expect_ttl_s = expect_ttl_s
-        self._bounce_ttl_s = 1.0
         self._seen_v: dict[str, int] = {}
         self._reported: dict[str, ReplicaView] = {}
         # (replica, adapter) -> when this router sent it there, until the replica reports it.
@@ -261,8 +265,10 @@ class AdapterAwareRouter(RequestRouter):
         self._fleet.started(rid, request.adapters)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        running = self._running.pop(internal_request_id, None)
-        if running is not None:
+        running = self._running.get(internal_request_id)
+        if running is not None and running[0] == replica_id.unique_id:
+            # NOTE: the replica check: a rejected earlier attempt's completion can come late
+            del self._running[internal_request_id]
             self._fleet.finished(*running)
         elif internal_request_id in self._queued:
             # NOTE: a replica rejected it (Serve retries it: still queued, still wanting its
@@ -289,7 +295,7 @@ class AdapterAwareRouter(RequestRouter):
                 self._unqueue(rid)
         now = time.monotonic()
         for rid, t in list(self._bounced.items()):
-            if now - t > self._bounce_ttl_s and rid not in self._routing:
+            if now - t > _BOUNCE_TTL_S and rid not in self._routing:
                 self._unqueue(rid)
         if not self._expected:
             return
