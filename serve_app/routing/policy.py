@@ -63,8 +63,8 @@ Knobs (``Knobs``):
 - ``hot_min_requests`` (20): no adapter is hot before the router has counted this many requests.
 - ``place_below`` (1.0): a cold adapter is placed only on replicas below this load.
 - ``admit_wait_s`` (0.05): how long a cold adapter waits for a replica whose victim is no more
-  popular than itself (0 disables admission). Keep it to a few service times: in Ray Serve a
-  request waiting here holds one of the router's routing tasks, delaying the requests behind it.
+  popular than itself (0 disables admission). Keep it to a few service times: it is latency
+  added to every cold request that finds no cheap victim.
 - ``max_wait_s`` (3.0): after waiting this long, a request also accepts the least loaded replicas
   and guarded ones.
 - ``max_candidates`` (3): length of the preference list before fallbacks (Ray tries them in

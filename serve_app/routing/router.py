@@ -200,7 +200,7 @@ class AdapterAwareRouter(RequestRouter):
         # cleared for locality retries), and since this method never awaits, a waiting request
         # would spin the router's event loop, starving every other request and update.
         pending_request.routing_context.should_backoff = True
-        self._expire_expected()
+        self._expire_stale()
         mid = pending_request.metadata.multiplexed_model_id or ""
         request = RequestView.from_model_id(mid, time.time() - pending_request.created_at)
         decision = self._fleet.decide(request)
@@ -273,7 +273,7 @@ class AdapterAwareRouter(RequestRouter):
         elif internal_request_id in self._queued:
             # NOTE: a replica rejected it (Serve retries it: still queued, still wanting its
             # adapter) or, without Serve's rejection protocol, it ran: forget it unless a retry
-            # comes soon (_expire_expected).
+            # comes soon (_expire_stale).
             self._bounced[internal_request_id] = time.monotonic()
 
     def _expect(self, rid: str, adapters: tuple[str, ...]) -> None:
@@ -285,7 +285,7 @@ class AdapterAwareRouter(RequestRouter):
                 self._expected.setdefault((rid, a), time.monotonic())
                 self._fleet.add_expected(rid, a)
 
-    def _expire_expected(self) -> None:
+    def _expire_stale(self) -> None:
         if len(self._last) > 10_000:  # requests routed without a callback (no rejection protocol)
             self._last.clear()
         if len(self._running) > 100_000:  # completions never reported: forget, don't leak
