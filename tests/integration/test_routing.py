@@ -114,3 +114,35 @@ def test_added_replica_gets_traffic(handle):
     # Affinity survives the scale-up for adapters already placed.
     a = call(handle, "scale-0")["replica"]
     assert all(call(handle, "scale-0")["replica"] == a for _ in range(3))
+
+
+def test_requests_for_one_adapter_are_served_in_arrival_order(handle):
+    # One replica taking one request at a time: the others wait in the router, backing off. The
+    # freed replica goes to the oldest of them, not to whichever asks first after it frees up.
+    # (A request the replica rejects in a race with its previous one's end goes back in line, so
+    # it can lose one place; before this, requests were overtaken by 2-4 later ones.)
+    app = PoolReplica.options(
+        num_replicas=1,
+        max_ongoing_requests=1,
+        request_router_config=request_router_config(stats_period_s=0.5),
+    ).bind(**{**ARGS, "k": 1, "service_s": 0.1})
+    one = serve.run(app, name="fifo-it", route_prefix=None)
+    call(one, "fifo")  # loaded: from here on every request is a hit
+
+    async def arrivals() -> list[int]:
+        done: list[int] = []
+
+        async def send(i: int) -> None:
+            await asyncio.sleep(0.03 * i)
+            await one.options(multiplexed_model_id="fifo").remote()
+            done.append(i)
+
+        await asyncio.gather(*(send(i) for i in range(8)))
+        return done
+
+    try:
+        order = asyncio.run(arrivals())
+        overtaken = [sum(1 for j in order[: order.index(i)] if j > i) for i in range(8)]
+        assert max(overtaken) <= 1, order
+    finally:
+        serve.delete("fifo-it")
