@@ -245,7 +245,11 @@ class AdapterAwareRouter(RequestRouter):
         # replica (FIFOMixin would hand it to the oldest request of any adapter).
         mid = request_metadata.multiplexed_model_id if request_metadata is not None else ""
         oldest = self._oldest_pending(mid) if mid else None
-        if oldest is not None:
+        if oldest is not None and oldest.metadata is not request_metadata:
+            # the decision that found the replica (same adapters) is the one it was routed by
+            last = self._last.get(request_metadata.internal_request_id)
+            if last is not None:
+                self._last[oldest.metadata.internal_request_id] = last
             request_metadata = oldest.metadata
         super()._fulfill_next_pending_request(replica, request_metadata)
 
