@@ -1,10 +1,10 @@
 """``python -m benchmarks.routing``: our router vs Ray Serve's built-in multiplexing vs pow2.
 
 One command, one run, the same seeded traces for every router, on real Ray Serve with simulated
-replicas (benchmarks/routing/replicas.py). Default size (about 7 minutes on 2 cores): 3 replicas
-x 2 adapter slots, each serving at most 2 requests at once and accepting 4, 0.2 s adapter load,
-0.02 s service, 800 requests per trace (as issue 5 measured) from 8 closed-loop clients;
-adapters = 4 x total slots.
+replicas (benchmarks/routing/replicas.py). Default size (about 8 minutes on 2 cores): 3 replicas
+x 2 adapter slots, each serving at most 2 requests at once and accepting 4 (the "hot-2" trace: 2),
+0.2 s adapter load, 0.02 s service, 800 requests per trace (as issue 5 measured) from 8
+closed-loop clients; adapters = 4 x total slots.
 """
 
 import argparse
@@ -24,7 +24,7 @@ if __name__ == "__main__":
     p.add_argument("--concurrency", type=int, default=d.concurrency)
     p.add_argument("--knobs", default=d.knobs, help="JSON of policy.Knobs fields (ours)")
     p.add_argument("--max-backoff-s", type=float, default=d.max_backoff_s)
-    p.add_argument("--traces", default="", help="comma-separated subset: zipf,rotate,hot,burst")
+    p.add_argument("--traces", default="", help="subset: zipf,rotate,hot,hot-2,burst")
     p.add_argument("--routers", default="", help="subset: ours,ours-lfu,builtin,pow2")
     p.add_argument("--out", default="routing-results.json")
     a = p.parse_args()

@@ -12,7 +12,7 @@ import asyncio
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import ray
 from ray import serve
@@ -52,6 +52,7 @@ class Row:
     burst_replicas_per_adapter: float | None = None
     burst_adapters_on_several_replicas: int | None = None
     routing: dict | None = None
+    max_ongoing: int | None = None
 
 
 def _app(router: str, s: Setup, eviction: str):
@@ -92,6 +93,7 @@ async def _drive(handle, trace: Trace, by_id: bool) -> tuple[list[float], list[d
 def run_one(trace: Trace, router: str, s: Setup) -> Row:
     eviction = "lfu" if router == "ours-lfu" else "lru"
     name = f"bench-{trace.name}-{router}"
+    s = replace(s, max_ongoing=trace.max_ongoing or s.max_ongoing)
     handle = serve.run(_app(router.removesuffix("-lfu"), s, eviction), name=name, route_prefix=None)
     try:
         lat, replies, wall = asyncio.run(_drive(handle, trace, by_id=router != "pow2"))
@@ -121,6 +123,7 @@ def run_one(trace: Trace, router: str, s: Setup) -> Row:
         max_over_mean=round(max(counts) / statistics.mean(counts), 2),
         belady=belady_loads(trace.adapters, s.replicas * s.slots),
         routing=routing,
+        max_ongoing=s.max_ongoing,
     )
     if trace.name == "burst":
         burst = [a for a in trace.phases[-1].adapters]
@@ -156,7 +159,7 @@ def run_all(
         if traces_filter and trace.name not in traces_filter:
             continue
         routers = ["ours", "builtin", "pow2"]
-        if trace.name in ("zipf", "rotate", "hot"):
+        if trace.name in ("zipf", "rotate", "hot", "hot-2"):
             routers.insert(1, "ours-lfu")
         routers = [r for r in routers if not routers_filter or r in routers_filter]
         print(f"\n== {trace.name}: {trace.note} ({len(trace.adapters)} requests)", flush=True)

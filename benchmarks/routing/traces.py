@@ -22,6 +22,7 @@ class Trace:
     name: str
     phases: list[Phase]
     note: str
+    max_ongoing: int | None = None  # requests a replica accepts, if not the setup's
 
     @property
     def adapters(self) -> list[str]:
@@ -41,7 +42,10 @@ def _zipf(rng: random.Random, names: list[str], s: float, count: int) -> list[st
 def standard_traces(
     *, replicas: int, slots: int, requests: int, concurrency: int, seed: int = 7
 ) -> list[Trace]:
-    """The four traces of issue 5, sized for ``replicas`` x ``slots`` adapter slots."""
+    """The four traces of issue 5, sized for ``replicas`` x ``slots`` adapter slots, and the hot
+    one again on replicas that accept only 2 requests at once ("hot-2": issue 5 measured its hot
+    trace with "each replica serving at most 2 requests at once"; the others accept the setup's
+    ``max_ongoing``, queueing beyond what they serve)."""
     n = 4 * replicas * slots
     names = [f"ad{i:03d}" for i in range(n)]
     rng = random.Random(seed)
@@ -64,6 +68,12 @@ def standard_traces(
             f"Zipf s=1.0 over {n} adapters, hot set rotates at request {half}",
         ),
         Trace("hot", [Phase(hot, concurrency)], f"Zipf s=2.0: top adapter {share:.0%} of traffic"),
+        Trace(
+            "hot-2",
+            [Phase(hot, concurrency)],
+            "the hot trace, replicas accepting at most 2 requests (max_ongoing_requests=2)",
+            max_ongoing=2,
+        ),
         Trace(
             "burst",
             [Phase(warm, concurrency), Phase(burst, len(burst))],
