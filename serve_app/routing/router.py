@@ -10,8 +10,8 @@ wanting its adapter, so the policy never evicts an adapter that queued requests 
 Requests the policy makes wait get routing tasks of their own (see ``max_num_routing_tasks``).
 Set it on a deployment with ``request_router_config(...)``.
 
-A replica found for a request goes to the oldest pending request for the same adapter(s)
-(``_fulfill_next_pending_request``), as in Serve's multiplex router, but never to another adapter's.
+A replica found for a request goes to the oldest pending request that wants the same adapter(s)
+or ranked that replica first (``_fulfill_next_pending_request``), so no waiting request starves.
 """
 
 from __future__ import annotations
@@ -238,31 +238,46 @@ class AdapterAwareRouter(RequestRouter):
 
     def _fulfill_next_pending_request(self, replica: RunningReplica, request_metadata=None):
         # NOTE: Serve's private hand-off (pinned Ray version). A replica found for a request goes
-        # to the oldest pending request for the same adapter(s), as Serve's own multiplex router
-        # does: otherwise a request backing off while its adapter's replicas are full loses every
-        # freed slot to requests that arrive in between (it starved for up to 0.75 s, the p99 of
-        # a hot adapter at max_ongoing_requests = 2). Different adapters never take each other's
-        # replica (FIFOMixin would hand it to the oldest request of any adapter).
-        mid = request_metadata.multiplexed_model_id if request_metadata is not None else ""
-        oldest = self._oldest_pending(mid) if mid else None
-        if oldest is not None and oldest.metadata is not request_metadata:
-            # the decision that found the replica (same adapters) is the one it was routed by
-            last = self._last.get(request_metadata.internal_request_id)
-            if last is not None:
-                self._last[oldest.metadata.internal_request_id] = last
-            request_metadata = oldest.metadata
+        # to the oldest pending request that wants the same adapter(s) or ranked that replica
+        # first when it was last routed. Otherwise requests backing off (their replicas full) lose
+        # every freed slot to requests that ask in between: a hot adapter's requests starved for
+        # up to 0.75 s, cold ones for 0.3-0.5 s, at max_ongoing_requests = 2. Not FIFOMixin: it
+        # hands the replica to the oldest request of any adapter, wherever it should go.
+        if request_metadata is not None:
+            rid = replica.replica_id.unique_id
+            self._prune_model_index(request_metadata.multiplexed_model_id)
+            older = self._first_in_line(rid, request_metadata)
+            if older is not None:
+                mine = self._last.get(request_metadata.internal_request_id)
+                theirs = self._last.get(older.metadata.internal_request_id)
+                if mine is not None and (theirs is None or rid not in theirs[0].kinds):
+                    # the same adapters: logged by the decision that found the replica
+                    self._last[older.metadata.internal_request_id] = mine
+                request_metadata = older.metadata
         super()._fulfill_next_pending_request(replica, request_metadata)
 
-    def _oldest_pending(self, model_id: str) -> PendingRequest | None:
+    def _first_in_line(self, rid: str, found_for) -> PendingRequest | None:
+        mid = found_for.multiplexed_model_id
+        for p in self._pending_requests_to_fulfill:  # oldest first
+            if p.future.done():
+                continue
+            if p.metadata.internal_request_id == found_for.internal_request_id:
+                return None
+            if mid and p.metadata.multiplexed_model_id == mid:
+                return p
+            last = self._last.get(p.metadata.internal_request_id)
+            if last is not None and last[0].ids and last[0].ids[0] == rid:
+                return p
+        return None
+
+    def _prune_model_index(self, model_id: str) -> None:
         # NOTE: Serve indexes every pending request by model id but only its MultiplexMixin
-        # prunes the index; this is the pruning (lazily from the front, as the mixin does).
+        # prunes the index (lazily from the front), so without it the index would grow forever.
         pending = self._pending_requests_by_model_id.get(model_id)
         while pending and pending[0].future.done():
             pending.popleft()
         if not pending:
             self._pending_requests_by_model_id.pop(model_id, None)
-            return None
-        return min((p for p in pending if not p.future.done()), key=lambda p: p.created_at)
 
     def _unqueue(self, internal_request_id: str) -> None:
         self._bounced.pop(internal_request_id, None)
