@@ -243,9 +243,9 @@ class AdapterAwareRouter(RequestRouter):
         # every freed slot to requests that ask in between: a hot adapter's requests starved for
         # up to 0.75 s, cold ones for 0.3-0.5 s, at max_ongoing_requests = 2. Not FIFOMixin: it
         # hands the replica to the oldest request of any adapter, wherever it should go.
+        found_for = request_metadata
         if request_metadata is not None:
             rid = replica.replica_id.unique_id
-            self._prune_model_index(request_metadata.multiplexed_model_id)
             older = self._first_in_line(rid, request_metadata)
             if older is not None:
                 mine = self._last.get(request_metadata.internal_request_id)
@@ -255,6 +255,9 @@ class AdapterAwareRouter(RequestRouter):
                     self._last[older.metadata.internal_request_id] = mine
                 request_metadata = older.metadata
         super()._fulfill_next_pending_request(replica, request_metadata)
+        for md in (found_for, request_metadata):
+            if md is not None:
+                self._prune_model_index(md.multiplexed_model_id)
 
     def _first_in_line(self, rid: str, found_for) -> PendingRequest | None:
         mid = found_for.multiplexed_model_id

@@ -144,5 +144,9 @@ def test_requests_for_one_adapter_are_served_in_arrival_order(handle):
         order = asyncio.run(arrivals())
         overtaken = [sum(1 for j in order[: order.index(i)] if j > i) for i in range(8)]
         assert max(overtaken) <= 1, order
+        # and the router forgets them once served (Serve's per-adapter index of pending requests
+        # used to keep every request, payload included, for the life of the router)
+        router = one._router._asyncio_router._request_router  # noqa: SLF001
+        assert not router._pending_requests_by_model_id.get("fifo")  # noqa: SLF001
     finally:
         serve.delete("fifo-it")
