@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any
 
-from ray.serve._private.common import ReplicaID
+from ray.serve._private.common import ReplicaID, RequestMetadata
 from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 from ray.util import metrics
@@ -236,7 +236,9 @@ class AdapterAwareRouter(RequestRouter):
         finally:
             self._routing.discard(rid)
 
-    def _fulfill_next_pending_request(self, replica: RunningReplica, request_metadata=None):
+    def _fulfill_next_pending_request(
+        self, replica: RunningReplica, request_metadata: RequestMetadata | None = None
+    ):
         # NOTE: Serve's private hand-off (pinned Ray version). A replica found for a request goes
         # to the oldest pending request that wants the same adapter(s) or ranked that replica
         # first when it was last routed. Otherwise requests backing off (their replicas full) lose
@@ -259,7 +261,7 @@ class AdapterAwareRouter(RequestRouter):
             if md is not None:
                 self._prune_model_index(md.multiplexed_model_id)
 
-    def _first_in_line(self, rid: str, found_for) -> PendingRequest | None:
+    def _first_in_line(self, rid: str, found_for: RequestMetadata) -> PendingRequest | None:
         mid = found_for.multiplexed_model_id
         for p in self._pending_requests_to_fulfill:  # oldest first
             if p.future.done():
