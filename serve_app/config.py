@@ -19,6 +19,8 @@ from pydantic import (
 from adapters.ids import check_base_name
 from adapters.spec import AdapterSpec
 from serve_app import env
+from serve_app.auth import ApiKey, sha256_hex
+from serve_app.limits import Limits
 
 LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]  # what vLLM's max_lora_rank accepts
 
@@ -179,13 +181,39 @@ class AppConfig(_Strict):
     sources: SourceOptions = Field(default_factory=SourceOptions)
     admin_token: str | None = Field(
         default_factory=env.admin_token,
-        description="Bearer token for the admin API; default from LORASERVE_ADMIN_TOKEN.",
+        description="Bearer token for the admin API; default from LORASERVE_ADMIN_TOKEN. "
+        "Replaced by its sha256 when the config is validated, so the token itself never travels "
+        "(don't write it into a Serve config file: its args are shown in the dashboard).",
     )
+    admin_token_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 hex digest of the admin token (the form safe to put in a file).",
+    )
+    api_keys: list[ApiKey] = Field(
+        default_factory=lambda: [ApiKey.model_validate(k) for k in env.api_keys()],
+        description="Caller keys and the models each may use; default from LORASERVE_API_KEYS "
+        "(JSON). Empty: the server is open to every caller (a warning is logged at start).",
+    )
+    limits: Limits = Field(default_factory=Limits, description="Per-request limits.")
     max_request_bytes: PositiveInt = Field(default=1_000_000, description="Request body cap.")
+    allowed_hosts: list[str] | None = Field(
+        default=None,
+        description="Host header values (without port) the server answers; '*' allows any. "
+        "Default: on a loopback address only localhost, 127.0.0.1 and ::1 (against DNS "
+        "rebinding); elsewhere any host.",
+    )
+    docs: bool = Field(default=True, description="Serve /docs, /redoc and /openapi.json.")
 
     @model_validator(mode="after")
     def _check(self) -> "AppConfig":
         _unique([m.name for m in [*self.llm, *self.image]], "base model names")
+        _unique([k.name for k in self.api_keys], "API key names")
+        if self.admin_token:  # NOTE: keep only the hash, so dumps of this config hold no secret
+            digest = sha256_hex(self.admin_token)
+            if self.admin_token_sha256 not in (None, digest):
+                raise ValueError("admin_token and admin_token_sha256 disagree")
+            self.admin_token_sha256, self.admin_token = digest, None
         return self
 
     @classmethod

@@ -17,6 +17,14 @@ def admin_token() -> str | None:
     return get("ADMIN_TOKEN")
 
 
+def api_keys() -> list[dict]:
+    """API keys as JSON, ``[{"name", "key_sha256", "models": [...]}]``; unset: none (open)."""
+    import json
+
+    raw = get("API_KEYS")
+    return json.loads(raw) if raw else []
+
+
 def demo_dir() -> str:
     """Where ``python -m serve_app.demo`` writes the demo assets."""
     return get("DEMO_DIR", ".demo")

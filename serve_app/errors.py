@@ -35,7 +35,30 @@ class BodyTooLargeError(InvalidRequestError):
 
 
 class UnauthorizedError(Exception):
-    """Admin API called without the right bearer token."""
+    """No, or a wrong, API key or admin token."""
+
+
+class BodyTimeoutError(InvalidRequestError):
+    """The request body did not arrive within ``limits.body_timeout_s``."""
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """A JSON endpoint was sent a body whose Content-Type is not JSON."""
+
+
+class MisdirectedRequestError(InvalidRequestError):
+    """The Host header names a host this server does not answer for (``allowed_hosts``)."""
+
+
+class RateLimitError(Exception):
+    """Too many requests in flight for one API key; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, retry_after_s)
+        self.message, self.retry_after_s = message, retry_after_s
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class EngineError(Exception):
@@ -45,7 +68,11 @@ class EngineError(Exception):
 # Most specific classes first: the first isinstance match wins.
 _TABLE: list[tuple[type[BaseException], int, str]] = [
     (UnauthorizedError, 401, "authentication_error"),
+    (BodyTimeoutError, 408, "invalid_request_error"),
     (BodyTooLargeError, 413, "invalid_request_error"),
+    (UnsupportedMediaTypeError, 415, "invalid_request_error"),
+    (MisdirectedRequestError, 421, "invalid_request_error"),
+    (RateLimitError, 429, "rate_limit_error"),
     (RequestTooLargeError, 400, "invalid_request_error"),
     (InvalidRequestError, 400, "invalid_request_error"),
     (ae.InvalidModelIdError, 400, "invalid_request_error"),
@@ -67,6 +94,13 @@ def to_http(exc: BaseException) -> tuple[int, dict]:
         if isinstance(exc, cls):
             return status, error_body(str(exc), kind, status, getattr(exc, "param", None))
     return 500, error_body(f"internal error: {type(exc).__name__}", "server_error", 500)
+
+
+def headers(exc: BaseException) -> dict[str, str]:
+    """Extra response headers an error asks for (Retry-After of a 429)."""
+    if isinstance(exc, RateLimitError):
+        return {"Retry-After": str(exc.retry_after_s)}
+    return {}
 
 
 def error_body(message: str, kind: str, status: int, param: str | None = None) -> dict:

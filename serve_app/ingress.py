@@ -4,7 +4,6 @@ error becomes an HTTP response here, through ``serve_app.errors.to_http``.
 """
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -15,13 +14,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters import ids
 from adapters.errors import AdapterExistsError, UnknownModelError
 from adapters.spec import AdapterKind, AdapterSpec
-from serve_app import errors
+from serve_app import auth, errors, limits
 from serve_app.config import AppConfig
 from serve_app.deployments.logs import to_replica_log
+from serve_app.openapi_bodies import BODIES
 
 logger = logging.getLogger("serve_app.ingress")
 CATALOG_REFRESH_S = 0.5
@@ -33,26 +35,85 @@ async def _any_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(exc)
 
 
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own 404 (no such route) / 405 (wrong method) in the OpenAI error shape."""
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    body = errors.error_body(str(exc.detail), kind, exc.status_code)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
 def _error(exc: BaseException) -> JSONResponse:
     exc = getattr(exc, "cause", None) or exc  # unwrap RayTaskError from a deployment
     status, body = errors.to_http(exc)
     if status >= 500:
         logger.error("request failed: %r", exc)
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=errors.headers(exc))
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+_DOCS = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+# NOTE: set by Ingress.__init__ (one Ingress per replica process); read by _Guard, which runs
+# before routing, as FastAPI's own /docs routes have no access to the deployment instance.
+_guard_cfg: dict[str, Any] = {"allowed_hosts": None, "docs": True}
+
+
+class _Guard:
+    """ASGI middleware: the Host allow-list (against DNS rebinding; 421) and the /docs switch."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refusal = _refusal(scope)
+            if refusal is not None:
+                status, body = errors.to_http(refusal)
+                await JSONResponse(body, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _refusal(scope: dict) -> Exception | None:
+    path = scope.get("path", "").removeprefix(scope.get("root_path", "")) or "/"
+    if not _guard_cfg["docs"] and path in _DOCS:
+        return UnknownModelError(f"no route {path}: the API docs are switched off")
+    headers = dict(scope.get("headers") or [])
+    host = _host_name(headers.get(b"host", b"").decode("latin-1"))
+    allowed = _guard_cfg["allowed_hosts"]
+    if allowed is None:  # default: strict only when the server listens on loopback
+        server = (scope.get("server") or ("", 0))[0]
+        allowed = _LOOPBACK if server in _LOOPBACK or server.startswith("127.") else {"*"}
+    if "*" not in allowed and host not in allowed:
+        return errors.MisdirectedRequestError(
+            f"this server does not answer for host {host!r} (see allowed_hosts)"
+        )
+    return None
+
+
+def _host_name(host: str) -> str:
+    """The Host header without its port, lower-cased ('[::1]:8000' -> '::1')."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+app.add_middleware(_Guard)
 
 
 # NOTE: helpers are defined before the class: @serve.ingress serialises the app (and what its
 # routes reference) when the class is decorated.
 
 
-def _card(model_id: str, parent: str | None, root: str) -> dict[str, Any]:
+def _card(model_id: str, parent: str | None) -> dict[str, Any]:
+    """What any caller may learn about a model: no server paths or sources (admin API only)."""
     return {
         "id": model_id,
         "object": "model",
         "created": int(time.time()),
         "owned_by": "loraserve",
         "parent": parent,
-        "root": root,
     }
 
 
@@ -63,7 +124,7 @@ def _validated(build: Any) -> Any:
         raise errors.invalid_field(e) from None
 
 
-async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _sse(gen: AsyncIterator[str], release: Any = None) -> AsyncIterator[str]:
     try:
         async for chunk in gen:
             yield chunk
@@ -71,6 +132,63 @@ async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:
         status, body = errors.to_http(getattr(exc, "cause", None) or exc)
         logger.error("stream failed: %r", exc)
         yield f"data: {json.dumps(body)}\n\n"
+    finally:
+        if release is not None:
+            release()
+
+
+async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise errors.InvalidRequestError(f"Content-Length {declared!r} is not a number")
+        if int(declared) > max_bytes:
+            raise errors.BodyTooLargeError(
+                f"request body is {int(declared)} bytes; the limit is {max_bytes}"
+            )
+    chunks: list[bytes] = []
+    size = 0
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise errors.BodyTooLargeError(f"request body is over {max_bytes} bytes, the limit")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise errors.BodyTimeoutError(
+            f"the request body did not arrive within {timeout_s:g} s"
+        ) from None
+    return b"".join(chunks)
+
+
+def _names(bases: dict[str, Any]) -> dict[str, Any]:
+    return {b: v["adapters"].keys() for b, v in bases.items()}
+
+
+def _resolve_for(caller: auth.Caller, model: str, bases: dict[str, Any]) -> ids.ModelId:
+    """``ids.resolve`` over what ``caller`` may see; a visible base the caller may not use
+    itself (it holds only some of its adapters) is answered as unknown, like a missing one."""
+    mid = ids.resolve(model, caller.visible(_names(bases)))
+    if mid.adapter is None and not caller.may_use(mid.base):
+        raise UnknownModelError(f"The model '{model}' does not exist.")
+    return mid
+
+
+class _Release:
+    """Releases a caller's in-flight slot once, when a stream ends (or is abandoned)."""
+
+    def __init__(self, in_flight: limits.InFlight, key: str) -> None:
+        self.in_flight, self.key, self.done = in_flight, key, False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.done = True
+            self.in_flight.release(self.key)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
@@ -81,6 +199,14 @@ class Ingress:
         self.cfg = AppConfig.model_validate(cfg)
         self.llms, self.images, self.registry = llms, images, registry
         self.image_cfgs = {c.name: c for c in self.cfg.image}
+        self.in_flight = limits.InFlight(
+            self.cfg.limits.max_concurrent_per_key, self.cfg.limits.retry_after_s
+        )
+        _guard_cfg.update(allowed_hosts=self.cfg.allowed_hosts, docs=self.cfg.docs)
+        if not self.cfg.api_keys:
+            logger.warning(
+                "no api_keys configured: the server is OPEN, every caller may use every model"
+            )
         self.catalog: dict[str, Any] = {"version": 0, "bases": {}}
         self._refresh_lock = asyncio.Lock()
         self._poller: asyncio.Task | None = None
@@ -113,18 +239,20 @@ class Ingress:
                 self.catalog = snap
         return self.catalog["bases"]
 
-    async def _lookup(self, model: str) -> ids.ModelId:
-        bases = await self._bases()
+    async def _lookup(self, model: str, caller: auth.Caller = auth.OPEN) -> ids.ModelId:
+        """Resolve ``model`` among what ``caller`` may use. NOTE: a model outside the caller's
+        scope takes the same path as one that does not exist (refresh once, then 404)."""
         try:
-            return ids.resolve(model, {b: v["adapters"].keys() for b, v in bases.items()})
+            return _resolve_for(caller, model, await self._bases())
         except UnknownModelError:
-            bases = await self._refresh()
-            return ids.resolve(model, {b: v["adapters"].keys() for b, v in bases.items()})
+            return _resolve_for(caller, model, await self._refresh())
 
-    async def _resolve(self, model: Any, kind: str) -> tuple[str, AdapterSpec | None]:
+    async def _resolve(
+        self, model: Any, kind: str, caller: auth.Caller = auth.OPEN
+    ) -> tuple[str, AdapterSpec | None]:
         if not isinstance(model, str):
             raise errors.InvalidRequestError("'model' must be a string", param="model")
-        mid = await self._lookup(model)
+        mid = await self._lookup(model, caller)
         bases = self.catalog["bases"]
         if bases[mid.base]["kind"] != kind:
             route = "/v1/images/generations" if kind == "text" else "/v1/completions"
@@ -136,52 +264,78 @@ class Ingress:
 
     # ---- OpenAI API ------------------------------------------------------------------------
 
-    @app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
+    @app.get("/v1/models", openapi_extra=BODIES["models"])
+    async def models(self, request: Request) -> dict[str, Any]:
+        caller = self._caller(request)
         bases = await self._bases()
         data = []
-        for base, b in bases.items():
-            data.append(_card(base, None, b["root"]))
-            data += [_card(f"{base}:{n}", base, s["source"]) for n, s in b["adapters"].items()]
+        for base, names in caller.visible(_names(bases)).items():
+            if caller.may_use(base):
+                data.append(_card(base, None))
+            data += [_card(f"{base}:{n}", base) for n in names]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=BODIES["completions"])
     async def completions(self, request: Request) -> Response:
         return await self._text("completions", request)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=BODIES["chat"])
     async def chat(self, request: Request) -> Response:
         return await self._text("chat", request)
 
     async def _text(self, kind: str, request: Request) -> Response:
-        body = await self._json(request)
-        base, spec = await self._resolve(body.get("model"), "text")
-        handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
-        spec_dict = spec.model_dump(mode="json") if spec else None
-        if body.get("stream") is not True:
-            return JSONResponse(await handle.complete.remote(kind, body, spec_dict))
-        gen = handle.options(stream=True).generate.remote(kind, body, spec_dict)
-        first = await gen.__anext__()  # raises the deployment's error before any byte is sent
-        if first is not None:
-            return JSONResponse(first)
-        return StreamingResponse(_sse(gen), media_type="text/event-stream")
+        caller = self._caller(request)
+        self.in_flight.acquire(caller.key)
+        streaming = False
+        try:
+            body = await self._json(request)
+            base, spec = await self._resolve(body.get("model"), "text", caller)
+            limits.check_text_request(kind, body, self.cfg.limits)
+            handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
+            spec_dict = spec.model_dump(mode="json") if spec else None
+            if body.get("stream") is not True:
+                return JSONResponse(await handle.complete.remote(kind, body, spec_dict))
+            gen = handle.options(stream=True).generate.remote(kind, body, spec_dict)
+            first = await gen.__anext__()  # raises the deployment's error before any byte is sent
+            if first is not None:
+                return JSONResponse(first)
+            streaming = True
+            release = _Release(self.in_flight, caller.key)
+            return StreamingResponse(
+                _sse(gen, release),
+                media_type="text/event-stream",
+                background=BackgroundTask(release),
+            )
+        finally:
+            if not streaming:
+                self.in_flight.release(caller.key)
 
-    @app.post("/v1/images/generations")
+    @app.post("/v1/images/generations", openapi_extra=BODIES["images"])
     async def images(self, request: Request) -> Response:
+        caller = self._caller(request)
+        with self.in_flight.hold(caller.key):
+            return await self._image(caller, request)
+
+    async def _image(self, caller: auth.Caller, request: Request) -> Response:
         from serve_app.image_api import adapter_mix, parse_image_request
 
         body = await self._json(request)
-        base, spec = await self._resolve(body.get("model") or self._default_image(), "image")
+        base, spec = await self._resolve(
+            body.get("model") or self._default_image(), "image", caller
+        )
         req = _validated(lambda: parse_image_request(body, self.image_cfgs[base]))
         adapters = self.catalog["bases"][base]["adapters"]
         mix = []
         for name, weight in adapter_mix(req, spec.name if spec else None):
-            if name not in adapters:
+            if name not in adapters or not caller.may_use(base, name):
                 raise UnknownModelError(f"The model '{base}:{name}' does not exist.")
             mix.append({"spec": adapters[name], "weight": weight})
         mid = ",".join(sorted(m["spec"]["name"] for m in mix))
         handle = self.images[base].options(multiplexed_model_id=mid)
         return JSONResponse(await handle.generate.remote(req.model_dump(mode="json"), mix))
+
+    def _caller(self, request: Request) -> auth.Caller:
+        return auth.authorize(self.cfg.api_keys, auth.bearer(request.headers.get("authorization")))
 
     def _default_image(self) -> str:
         if len(self.image_cfgs) == 1:
@@ -190,7 +344,7 @@ class Ingress:
 
     # ---- admin API -------------------------------------------------------------------------
 
-    @app.get("/v1/adapters")
+    @app.get("/v1/adapters", openapi_extra=BODIES["admin"])
     async def list_adapters(self, request: Request) -> dict[str, Any]:
         self._admin(request)
         bases = await self._refresh()
@@ -202,7 +356,7 @@ class Ingress:
                 data.append({**s, "id": f"{base}:{name}", "replicas": states})
         return {"object": "list", "data": data}
 
-    @app.post("/v1/adapters", status_code=201)
+    @app.post("/v1/adapters", status_code=201, openapi_extra=BODIES["register"])
     async def register_adapter(self, request: Request) -> JSONResponse:
         self._admin(request)
         body = await self._json(request)
@@ -220,7 +374,7 @@ class Ingress:
         await self._refresh(force=True)
         return JSONResponse({**checked, "id": f"{base}:{spec.name}"}, status_code=201)
 
-    @app.delete("/v1/adapters/{name}")
+    @app.delete("/v1/adapters/{name}", openapi_extra=BODIES["admin"])
     async def delete_adapter(self, name: str, request: Request) -> dict[str, Any]:
         self._admin(request)
         base, spec = await self._admin_target(name)
@@ -228,11 +382,11 @@ class Ingress:
         await self._refresh(force=True)
         return {"id": f"{base}:{spec.name}", "object": "adapter", "deleted": True}
 
-    @app.post("/v1/adapters/{name}/pin")
+    @app.post("/v1/adapters/{name}/pin", openapi_extra=BODIES["admin"])
     async def pin_adapter(self, name: str, request: Request) -> dict[str, Any]:
         return await self._set_pin(name, request, True)
 
-    @app.post("/v1/adapters/{name}/unpin")
+    @app.post("/v1/adapters/{name}/unpin", openapi_extra=BODIES["admin"])
     async def unpin_adapter(self, name: str, request: Request) -> dict[str, Any]:
         return await self._set_pin(name, request, False)
 
@@ -262,25 +416,30 @@ class Ingress:
         return out
 
     def _admin(self, request: Request) -> None:
-        token = self.cfg.admin_token
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not token or not hmac.compare_digest(given.encode(), token.encode()):
-            raise errors.UnauthorizedError(
-                "admin API: missing or wrong bearer token"
-                if token
-                else "admin API is disabled: set admin_token (or LORASERVE_ADMIN_TOKEN)"
-            )
+        presented = auth.bearer(request.headers.get("authorization"))
+        auth.check_admin(self.cfg.admin_token_sha256, presented)
 
     async def _json(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if len(raw) > self.cfg.max_request_bytes:
-            raise errors.BodyTooLargeError(
-                f"request body is {len(raw)} bytes; the limit is {self.cfg.max_request_bytes}"
+        """The request's JSON object: JSON content type (415), size checked from Content-Length
+        and again while the body streams in (413), within the body timeout (408), parsed, and
+        no deeper than the depth limit (400)."""
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/json" and not (
+            media.startswith("application/") and media.endswith("+json")
+        ):
+            raise errors.UnsupportedMediaTypeError(
+                f"Content-Type must be application/json, not {media or 'missing'!r}"
             )
+        raw = await _read_body(request, self.cfg.max_request_bytes, self.cfg.limits.body_timeout_s)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise errors.InvalidRequestError(f"request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise errors.InvalidRequestError(
+                f"request JSON is nested deeper than {self.cfg.limits.max_json_depth} levels"
+            ) from None
         if not isinstance(body, dict):
             raise errors.InvalidRequestError("request body must be a JSON object")
+        limits.check_json(body, self.cfg.limits.max_json_depth)
         return body

@@ -38,8 +38,10 @@ def test_register_use_pin_evict_delete(http, admin, demo_assets, tmp_path):
     resp = admin.post("/v1/adapters", json={"name": "rt-poet", "base": BASE, "source": source})
     assert resp.status_code == 201, resp.text
     assert resp.json()["rank"] == 8 and resp.json()["size_bytes"] > 0
-    models = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
-    assert models[f"{BASE}:rt-poet"]["root"] == source
+    # Sources are for the admin only (issue 14): the admin listing shows them.
+    assert f"{BASE}:rt-poet" in {m["id"] for m in http.get("/v1/models").json()["data"]}
+    listed = {a["id"]: a for a in admin.get("/v1/adapters").json()["data"]}
+    assert listed[f"{BASE}:rt-poet"]["source"] == source
     assert _complete(http, f"{BASE}:rt-poet") == _complete(http, f"{BASE}:poet")
     dup = admin.post("/v1/adapters", json={"name": "rt-poet", "base": BASE, "source": source})
     assert dup.status_code == 409

@@ -1,0 +1,151 @@
+"""What ``/openapi.json`` says about each route: request bodies and responses, so the docs page
+and schema-driven fuzzers (schemathesis) see real shapes. The routes read raw JSON (the engines
+validate with their own models), so these models describe; they do not parse requests.
+Light imports only.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.image_api import ImageGenerationRequest
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class CompletionBody(_Open):
+    """OpenAI ``POST /v1/completions``: the commonly used fields (vLLM accepts more)."""
+
+    model: str = Field(description="'<base>', '<base>:<adapter>' or a unique adapter name.")
+    prompt: str | list[str] | list[int] = Field(description="Text, texts, or token ids.")
+    max_tokens: int | None = Field(default=16, ge=1, description="Tokens to generate.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=1, ge=1)
+    stream: bool | None = False
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = Field(default=None, ge=0)
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str
+
+
+class ChatBody(_Open):
+    """OpenAI ``POST /v1/chat/completions``: the commonly used fields (vLLM accepts more)."""
+
+    model: str = Field(description="'<base>', '<base>:<adapter>' or a unique adapter name.")
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=1, ge=1)
+    stream: bool | None = False
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class RegisterBody(BaseModel):
+    """``POST /v1/adapters`` (admin): an adapter spec plus the base it is served on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Adapter name.")
+    base: str = Field(description="Served base model id.")
+    source: str = Field(description="Path under an allowed root, hf://org/repo, s3://bucket/p.")
+    revision: str | None = None
+    weight_name: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    pinned: bool = False
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    parent: str | None
+
+
+class ModelList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class _ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    error: _ErrorDetail
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` inlined (OpenAPI resolves refs from the
+    document root, where these local ``$defs`` do not live)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.removeprefix("#/$defs/")]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+def _json(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": _inline(model.model_json_schema())}}
+
+
+_ERRORS = {
+    "400": "Malformed request or a field outside a limit",
+    "401": "Missing or wrong API key / admin token",
+    "404": "No such model or adapter (or not in the key's scope)",
+    "408": "The request body did not arrive in time",
+    "413": "Request body too large",
+    "415": "Content-Type is not JSON",
+    "421": "Host header not allowed",
+    "422": "The adapter's files break a validation rule",
+    "429": "Too many requests in flight for this key",
+}
+
+
+def _op(body: type[BaseModel] | None, ok: type[BaseModel] | None = None) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        code: {"description": d, "content": _json(ErrorBody)} for code, d in _ERRORS.items()
+    }
+    if ok is not None:
+        responses["200"] = {"description": "OK", "content": _json(ok)}
+    out: dict[str, Any] = {"responses": responses}
+    if body is not None:
+        out["requestBody"] = {"required": True, "content": _json(body)}
+    return out
+
+
+BODIES: dict[str, dict[str, Any]] = {
+    "completions": _op(CompletionBody),
+    "chat": _op(ChatBody),
+    "images": _op(ImageGenerationRequest),
+    "register": _op(RegisterBody),
+    "models": _op(None, ModelList),
+    "admin": _op(None),
+}
