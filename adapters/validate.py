@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import ValidationError as PydanticValidationError
+
 from adapters.errors import InvalidAdapterError
+from adapters.regex_guard import MAX_REPEATS, UnsafeRegexError, safe_compile
 from adapters.spec import AdapterSpec
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -26,6 +30,42 @@ _DTYPE_BYTES = {
 _MAX_HEADER = 100 * 2**20  # what the safetensors library itself accepts
 # PEFT's saved key format (the default adapter's name is dropped on save).
 _LORA_KEY_RE = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
+
+
+_Number = StrictInt | StrictFloat
+MAX_PATTERN_KEYS = 32  # rank_pattern / alpha_pattern entries: each is matched against every module
+_Names = StrictStr | list[StrictStr]
+
+
+class LoraConfigFields(BaseModel):
+    """The types of the adapter_config.json fields we read or PEFT / vLLM act on; other PEFT
+    fields pass through unchecked. The file is untrusted: a wrong type is a 422, not a 500."""
+
+    model_config = ConfigDict(extra="allow")
+
+    peft_type: StrictStr | None = None
+    r: StrictInt = Field(ge=1)
+    lora_alpha: _Number | None = None
+    target_modules: _Names | None = Field(default=None, max_length=4096)
+    exclude_modules: _Names | None = None
+    rank_pattern: dict[StrictStr, StrictInt] | None = Field(
+        default=None, max_length=MAX_PATTERN_KEYS
+    )
+    alpha_pattern: dict[StrictStr, _Number] | None = Field(
+        default=None, max_length=MAX_PATTERN_KEYS
+    )
+    base_model_name_or_path: StrictStr | None = None
+    modules_to_save: list[StrictStr] | None = None
+    layers_to_transform: StrictInt | list[StrictInt] | None = None
+    layers_pattern: _Names | None = None
+    lora_dropout: _Number | None = None
+    bias: StrictStr | None = None
+    fan_in_fan_out: StrictBool | None = None
+    use_rslora: StrictBool | None = None
+    use_dora: StrictBool | None = None
+    inference_mode: StrictBool | None = None
+    task_type: StrictStr | None = None
+    revision: StrictStr | None = None
 
 
 @dataclass(frozen=True)
@@ -171,11 +211,17 @@ def validate_text_lora(
         raise _fail(
             spec, f"peft_type is {config.get('peft_type')!r}; only LORA adapters are served"
         )
+    if not isinstance(config.get("r"), int) or isinstance(config.get("r"), bool):
+        raise _fail(
+            spec, f"rank r={config.get('r')!r} in adapter_config.json is not a positive integer"
+        )
+    fields = _typed_config(spec, config)
+    patterns = _guarded_patterns(spec, fields)
 
-    r = config.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise _fail(spec, f"rank r={r!r} in adapter_config.json is not a positive integer")
-    rank_pattern: dict[str, int] = config.get("rank_pattern") or {}
+    r = fields.r
+    rank_pattern: dict[str, int] = fields.rank_pattern or {}
+    if any(v < 1 for v in rank_pattern.values()):
+        raise _fail(spec, "rank_pattern values in adapter_config.json must be positive integers")
     rank = max([r, *rank_pattern.values()])
     if rank > rules.max_rank:
         raise _fail(spec, f"rank {rank} exceeds this deployment's max_lora_rank {rules.max_rank}")
@@ -189,11 +235,13 @@ def validate_text_lora(
                 f"'{base.name}' (accepted: {', '.join(sorted(base.refs))})",
             )
 
-    targets = config.get("target_modules")
+    targets = fields.target_modules
     if not targets:
         raise _fail(spec, "adapter_config.json has no target_modules")
     if isinstance(targets, str):
-        if targets != "all-linear" and not any(re.fullmatch(targets, m) for m in base.modules):
+        if targets != "all-linear" and not any(
+            patterns["target_modules"].fullmatch(m) for m in base.modules
+        ):
             raise _fail(spec, f"target_modules regex {targets!r} matches no module of the base")
     else:
         for t in targets:
@@ -207,7 +255,13 @@ def validate_text_lora(
         raise _fail(spec, "adapter_model.safetensors is missing")
     header = _weight_header(spec, weights, rules)
     if header is not None:
-        _check_tensors(spec, header, base, r, rank_pattern)
+        _check_tensors(
+            spec,
+            header,
+            base,
+            r,
+            {patterns[f"rank_pattern[{k}]"]: v for k, v in rank_pattern.items()},
+        )
     size = weights.stat().st_size
     return ValidatedAdapter(
         spec=spec.model_copy(update={"rank": rank, "size_bytes": size}),
@@ -217,12 +271,48 @@ def validate_text_lora(
     )
 
 
+def _typed_config(spec: AdapterSpec, config: dict[str, Any]) -> LoraConfigFields:
+    try:
+        return LoraConfigFields.model_validate(config)
+    except PydanticValidationError as e:
+        err = e.errors()[0]
+        value = repr(err["input"])
+        value = value if len(value) <= 40 else value[:37] + "..."
+        raise _fail(
+            spec, f"adapter_config.json field '{err['loc'][0]}': {err['msg']} (got {value})"
+        ) from None
+
+
+def _guarded_patterns(spec: AdapterSpec, fields: LoraConfigFields) -> dict[str, re.Pattern[str]]:
+    r"""Compile every regex the adapter's config carries, refusing unsafe ones (regex_guard).
+    rank_pattern / alpha_pattern keys are compiled as PEFT uses them: ``(.*\.)?<key>$``."""
+    found: dict[str, str] = {}
+    for name in ("target_modules", "exclude_modules"):
+        value = getattr(fields, name)
+        if isinstance(value, str) and value != "all-linear":
+            found[name] = value
+    for name in ("rank_pattern", "alpha_pattern"):
+        for key in getattr(fields, name) or {}:
+            found[f"{name}[{key}]"] = rf"(.*\.)?(?:{key})$"
+    layers = fields.layers_pattern
+    for i, value in enumerate([layers] if isinstance(layers, str) else layers or []):
+        found[f"layers_pattern[{i}]"] = value
+    out = {}
+    for name, pattern in found.items():
+        try:
+            out[name] = safe_compile(pattern, max_repeats=MAX_REPEATS)
+        except UnsafeRegexError as e:
+            shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+            raise _fail(spec, f"adapter_config.json {name}: regex {shown!r} {e}") from None
+    return out
+
+
 def _check_tensors(
     spec: AdapterSpec,
     header: dict[str, dict[str, Any]],
     base: BaseModelInfo,
     r: int,
-    rank_pattern: Mapping[str, int],
+    rank_pattern: Mapping[re.Pattern[str], int],
 ) -> None:
     """Every tensor is lora_A / lora_B of a base Linear, with shapes (r, in) and (out, r)."""
     if not header:
@@ -240,7 +330,7 @@ def _check_tensors(
         if module not in base.modules:
             raise _fail(spec, f"tensor '{key}' is for module '{module}', which the base lacks")
         fan_in, fan_out = base.modules[module]
-        want_r = next((v for k, v in rank_pattern.items() if re.match(rf"(.*\.)?{k}$", module)), r)
+        want_r = next((v for k, v in rank_pattern.items() if k.match(module)), r)
         shape = list(t["shape"])
         if len(shape) == 2 and (shape[1] == fan_in if ab == "A" else shape[0] == fan_out):
             got_r = shape[0] if ab == "A" else shape[1]
