@@ -7,7 +7,6 @@ VLLM ?= cpu
 DEMO ?= .demo
 PY := $(VENV)/bin/python
 export LORASERVE_DEMO_DIR := $(DEMO)
-export LORASERVE_ADMIN_TOKEN ?= demo-admin-token
 export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: run test lint env demo clean
@@ -31,9 +30,9 @@ $(DEMO)/.built: $(VENV)/.installed-$(VLLM) $(wildcard serve_app/demo/*.py)
 	$(PY) -m serve_app.demo $(DEMO) > $(DEMO)/build.log 2>&1 || (cat $(DEMO)/build.log; exit 1)
 	touch $@
 
+# The admin token: LORASERVE_ADMIN_TOKEN if set, else a random one that serve_app.usage prints once.
 run: env demo
-	@$(PY) -m serve_app.usage
-	$(VENV)/bin/serve run configs/demo.yaml
+	@exec $(PY) -m serve_app.usage $(VENV)/bin/serve run configs/demo.yaml
 
 lint: env
 	$(VENV)/bin/ruff check .

@@ -232,7 +232,7 @@ def validate_text_lora(
             raise _fail(
                 spec,
                 f"it was trained for base model {declared!r}, but this deployment serves "
-                f"'{base.name}' (accepted: {', '.join(sorted(base.refs))})",
+                f"'{base.name}'" + _accepted(base.refs),
             )
 
     targets = fields.target_modules
@@ -269,6 +269,12 @@ def validate_text_lora(
         rank=rank,
         size_bytes=size,
     )
+
+
+def _accepted(refs: frozenset[str]) -> str:
+    """The accepted base names for a message, leaving out local paths (callers see messages)."""
+    names = sorted(r for r in refs if not r.startswith(("/", ".", "~")) and "\\" not in r)
+    return f" (accepted: {', '.join(names)})" if names else ""
 
 
 def _typed_config(spec: AdapterSpec, config: dict[str, Any]) -> LoraConfigFields:

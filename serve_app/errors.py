@@ -2,6 +2,8 @@
 OpenAI-style error body. No FastAPI here: the ingress turns (status, body) into a response.
 """
 
+import re
+
 from pydantic import ValidationError
 
 from adapters import errors as ae
@@ -94,6 +96,20 @@ def to_http(exc: BaseException) -> tuple[int, dict]:
         if isinstance(exc, cls):
             return status, error_body(str(exc), kind, status, getattr(exc, "param", None))
     return 500, error_body(f"internal error: {type(exc).__name__}", "server_error", 500)
+
+
+def for_caller(exc: BaseException) -> BaseException:
+    """The error as an untrusted caller may see it: a source or engine failure names the adapter,
+    not where its files live (paths, buckets, repos; the admin API and the log have those)."""
+    if not isinstance(exc, ae.AdapterSourceError | ae.AdapterLoadError):
+        return exc
+    m = re.match(r"adapter '([^']+)'", str(exc))
+    what = (
+        "its source could not be read"
+        if isinstance(exc, ae.AdapterSourceError)
+        else "the engine could not load it"
+    )
+    return type(exc)(f"adapter '{m[1] if m else '?'}' is unavailable: {what}")
 
 
 def headers(exc: BaseException) -> dict[str, str]:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from ray import serve
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from adapters import ids
 from adapters.errors import AdapterExistsError, UnknownModelError
@@ -31,8 +32,11 @@ app = FastAPI(title="loraserve", description="OpenAI-compatible multi-LoRA servi
 
 
 @app.exception_handler(Exception)
-async def _any_error(_: Request, exc: Exception) -> JSONResponse:
-    return _error(exc)
+async def _any_error(request: Request, exc: Exception) -> JSONResponse:
+    admin = request.url.path.removeprefix(request.scope.get("root_path", "")).startswith(
+        "/v1/adapters"
+    )
+    return _error(exc, admin)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -43,9 +47,12 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-def _error(exc: BaseException) -> JSONResponse:
+def _error(exc: BaseException, admin: bool = False) -> JSONResponse:
     exc = getattr(exc, "cause", None) or exc  # unwrap RayTaskError from a deployment
-    status, body = errors.to_http(exc)
+    shown = exc if admin else errors.for_caller(exc)
+    if shown is not exc:
+        logger.warning("adapter failed: %s", exc)  # the detail stays with the operator
+    status, body = errors.to_http(shown)
     if status >= 500:
         logger.error("request failed: %r", exc)
     return JSONResponse(body, status_code=status, headers=errors.headers(exc))
@@ -129,7 +136,7 @@ async def _sse(gen: AsyncIterator[str], release: Any = None) -> AsyncIterator[st
         async for chunk in gen:
             yield chunk
     except Exception as exc:  # after the status line: report in-band, as OpenAI streams do
-        status, body = errors.to_http(getattr(exc, "cause", None) or exc)
+        status, body = errors.to_http(errors.for_caller(getattr(exc, "cause", None) or exc))
         logger.error("stream failed: %r", exc)
         yield f"data: {json.dumps(body)}\n\n"
     finally:
@@ -159,6 +166,8 @@ async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> byte
 
     try:
         await asyncio.wait_for(read(), timeout_s)
+    except ClientDisconnect:  # nobody is left to answer; not a server error either
+        raise errors.InvalidRequestError("the client left before sending the whole body") from None
     except TimeoutError:
         raise errors.BodyTimeoutError(
             f"the request body did not arrive within {timeout_s:g} s"

@@ -1,4 +1,11 @@
-"""What ``make run`` prints before the server starts: how to call the demo."""
+"""What ``make run`` prints before the server starts: how to call the demo. With a command after
+it (``python -m serve_app.usage serve run configs/demo.yaml``) it then runs that command, with
+``LORASERVE_ADMIN_TOKEN`` set: the caller's own, or a random one generated and printed once.
+"""
+
+import os
+import secrets
+import sys
 
 from serve_app import env
 
@@ -6,7 +13,15 @@ URL = "http://127.0.0.1:8000"
 
 
 def main() -> None:
-    token = env.admin_token() or "<set LORASERVE_ADMIN_TOKEN>"
+    token = "$LORASERVE_ADMIN_TOKEN"
+    if not env.admin_token():
+        generated = secrets.token_urlsafe(24)
+        os.environ[env.PREFIX + "ADMIN_TOKEN"] = generated
+        print(
+            f"admin token for this run (generated; set LORASERVE_ADMIN_TOKEN to choose): "
+            f"{generated}"
+        )
+        token = generated
     print(
         f"""
 loraserve demo: starting on {URL} (first start takes a minute: engines load)
@@ -27,6 +42,8 @@ print(c.completions.create(model='tiny-llama:chef', prompt='Hello', max_tokens=1
 """,
         flush=True,
     )
+    if sys.argv[1:]:
+        os.execvp(sys.argv[1], sys.argv[1:])
 
 
 if __name__ == "__main__":

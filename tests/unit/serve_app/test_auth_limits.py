@@ -188,3 +188,18 @@ def test_in_flight_per_key():
     assert status == 429 and info.value.retry_after_s == 3
     f.acquire("a")  # the held slot came back
     assert f.counts == {"a": 2, "b": 1}
+
+
+def test_callers_see_adapter_failures_without_paths_or_sources():
+    from adapters import errors as ae
+    from serve_app.errors import for_caller
+
+    src = ae.AdapterSourceError("adapter 'sql': source path '/srv/secret/sql' does not exist")
+    load = ae.AdapterLoadError("adapter 'x': vLLM refused it: no file at /srv/x/adapter.bin")
+    shown = [for_caller(src), for_caller(load)]
+    assert [type(e) for e in shown] == [ae.AdapterSourceError, ae.AdapterLoadError]
+    assert [to_http(e)[0] for e in shown] == [422, 422]
+    assert all("/srv" not in str(e) for e in shown)
+    assert str(shown[0]) == "adapter 'sql' is unavailable: its source could not be read"
+    rule = ae.InvalidAdapterError("adapter 'y': rank 64 exceeds this deployment's max_lora_rank")
+    assert for_caller(rule) is rule  # validation rules name files, not paths: kept
