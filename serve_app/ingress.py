@@ -200,7 +200,10 @@ class _Release:
             self.in_flight.release(self.key)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
+# NOTE: generous max_ongoing_requests: a request waiting for its body costs the ingress almost
+# nothing, and 1,000 slow clients must not take every slot (body_timeout_s and the per-key
+# limit bound what callers hold).
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=5000)
 @serve.ingress(app)
 class Ingress:
     def __init__(self, cfg: dict, llms: dict, images: dict, registry: Any) -> None:

@@ -129,12 +129,22 @@ _ERRORS = {
 }
 
 
-def _op(body: type[BaseModel] | None, ok: type[BaseModel] | None = None) -> dict[str, Any]:
+_STREAMED = {  # what a text route answers: JSON, or server-sent events when "stream": true
+    "application/json": {"schema": {"type": "object"}},
+    "text/event-stream": {"schema": {"type": "string"}},
+}
+
+
+def _op(
+    body: type[BaseModel] | None, ok: type[BaseModel] | None = None, streams: bool = False
+) -> dict[str, Any]:
     responses: dict[str, Any] = {
         code: {"description": d, "content": _json(ErrorBody)} for code, d in _ERRORS.items()
     }
     if ok is not None:
         responses["200"] = {"description": "OK", "content": _json(ok)}
+    if streams:
+        responses["200"] = {"description": "OK", "content": _STREAMED}
     out: dict[str, Any] = {"responses": responses}
     if body is not None:
         out["requestBody"] = {"required": True, "content": _json(body)}
@@ -142,8 +152,8 @@ def _op(body: type[BaseModel] | None, ok: type[BaseModel] | None = None) -> dict
 
 
 BODIES: dict[str, dict[str, Any]] = {
-    "completions": _op(CompletionBody),
-    "chat": _op(ChatBody),
+    "completions": _op(CompletionBody, streams=True),
+    "chat": _op(ChatBody, streams=True),
     "images": _op(ImageGenerationRequest),
     "register": _op(RegisterBody),
     "models": _op(None, ModelList),
