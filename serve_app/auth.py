@@ -89,11 +89,6 @@ class Caller:
                 out[base] = allowed
         return out
 
-    @property
-    def key(self) -> str:
-        """The name limits are counted under."""
-        return self.name or "<open>"
-
 
 OPEN = Caller(name=None, scopes=None)
 

@@ -191,7 +191,7 @@ def _resolve_for(caller: auth.Caller, model: str, bases: dict[str, Any]) -> ids.
 class _Release:
     """Releases a caller's in-flight slot once, when a stream ends (or is abandoned)."""
 
-    def __init__(self, in_flight: limits.InFlight, key: str) -> None:
+    def __init__(self, in_flight: limits.InFlight, key: str | None) -> None:
         self.in_flight, self.key, self.done = in_flight, key, False
 
     def __call__(self) -> None:
@@ -297,7 +297,7 @@ class Ingress:
 
     async def _text(self, kind: str, request: Request) -> Response:
         caller = self._caller(request)
-        self.in_flight.acquire(caller.key)
+        self.in_flight.acquire(caller.name)
         streaming = False
         try:
             body = await self._json(request)
@@ -312,7 +312,7 @@ class Ingress:
             if first is not None:
                 return JSONResponse(first)
             streaming = True
-            release = _Release(self.in_flight, caller.key)
+            release = _Release(self.in_flight, caller.name)
             return StreamingResponse(
                 _sse(gen, release),
                 media_type="text/event-stream",
@@ -320,12 +320,12 @@ class Ingress:
             )
         finally:
             if not streaming:
-                self.in_flight.release(caller.key)
+                self.in_flight.release(caller.name)
 
     @app.post("/v1/images/generations", openapi_extra=BODIES["images"])
     async def images(self, request: Request) -> Response:
         caller = self._caller(request)
-        with self.in_flight.hold(caller.key):
+        with self.in_flight.hold(caller.name):
             return await self._image(caller, request)
 
     async def _image(self, caller: auth.Caller, request: Request) -> Response:

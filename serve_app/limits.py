@@ -50,7 +50,9 @@ class Limits(BaseModel):
         default=300, description="Entries in logit_bias / allowed_token_ids."
     )
     max_concurrent_per_key: PositiveInt = Field(
-        default=64, description="Requests in flight per API key and ingress replica (else 429)."
+        default=64,
+        description="Requests in flight per API key and ingress replica (else 429); an open "
+        "server (no api_keys) has no per-caller limit.",
     )
     retry_after_s: PositiveInt = Field(default=1, description="Retry-After of a 429.")
 
@@ -234,8 +236,11 @@ class InFlight:
         self.limit, self.retry_after_s = limit, retry_after_s
         self.counts: Counter[str] = Counter()
 
-    def acquire(self, key: str) -> None:
-        """Count one request for ``key``; RateLimitError when its limit is reached."""
+    def acquire(self, key: str | None) -> None:
+        """Count one request for ``key``; RateLimitError when its limit is reached. ``None``
+        (an open server: callers have no identity) is not counted."""
+        if key is None:
+            return
         if self.counts[key] >= self.limit:
             raise RateLimitError(
                 f"too many requests in flight for this API key (limit {self.limit}); retry later",
@@ -243,13 +248,15 @@ class InFlight:
             )
         self.counts[key] += 1
 
-    def release(self, key: str) -> None:
+    def release(self, key: str | None) -> None:
+        if key is None:
+            return
         self.counts[key] -= 1
         if self.counts[key] <= 0:
             del self.counts[key]
 
     @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
+    def hold(self, key: str | None) -> Iterator[None]:
         self.acquire(key)
         try:
             yield

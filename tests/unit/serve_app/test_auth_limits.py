@@ -188,6 +188,9 @@ def test_in_flight_per_key():
     assert status == 429 and info.value.retry_after_s == 3
     f.acquire("a")  # the held slot came back
     assert f.counts == {"a": 2, "b": 1}
+    for _ in range(10):
+        f.acquire(None)  # an open server: callers have no identity to count under
+    assert f.counts == {"a": 2, "b": 1}
 
 
 def test_callers_see_adapter_failures_without_paths_or_sources():
