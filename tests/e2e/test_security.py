@@ -295,9 +295,9 @@ CATALOGUE = [
         "bom-prefixed",
         "POST",
         C,
-        {"content": b"\xef\xbb\xbf{}", "headers": J},
+        {"content": b"\xef\xbb\xbf{}", "headers": J},  # a BOM is tolerated, then the body is read
         400,
-        "not valid JSON",
+        "'model' must be a string",
     ),  # fmt: skip
     (
         "nan-max-tokens",
