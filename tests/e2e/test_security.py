@@ -52,6 +52,7 @@ def secure(app_url, demo_assets) -> str:
         _key("all", KEY_ALL, [f"{BASE}:*", f"{REF_BASE}:*", f"{IMAGE}:*"]),
     ]
     cfg["limits"] = {"body_timeout_s": BODY_TIMEOUT_S}
+    cfg["docs"] = False
     cfg = AppConfig.model_validate(cfg).model_dump(mode="json")  # as build_app: token -> sha256
     assert ADMIN_TOKEN not in json.dumps(cfg)
 
@@ -186,6 +187,13 @@ def test_probe_timing_classes(secure):
                 times.append((time.perf_counter() - t) * 1000)
             rows[label] = (statistics.median(times), statistics.quantiles(times, n=10)[-1])
     print("\n404 latency ms (median, p90):", {k: f"{m:.1f}, {p:.1f}" for k, (m, p) in rows.items()})
+
+
+def test_docs_are_configurable(secure, http):
+    assert http.get("/openapi.json").status_code == 200  # the package app: docs on (default)
+    with _client(secure, None) as c:
+        for path in ("/docs", "/openapi.json", "/redoc"):
+            assert "switched off" in _err(c.get(path), 404)["message"]
 
 
 def test_admin_api_refuses_without_its_token(secure):
