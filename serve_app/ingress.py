@@ -60,9 +60,15 @@ def _error(exc: BaseException, admin: bool = False) -> JSONResponse:
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 _DOCS = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-# NOTE: set by Ingress.__init__ (one Ingress per replica process); read by _Guard, which runs
-# before routing, as FastAPI's own /docs routes have no access to the deployment instance.
+# NOTE: set through _configure_guard by Ingress.__init__ (one Ingress per replica process); read
+# by _Guard, which runs before routing, as FastAPI's own /docs routes have no access to the
+# deployment instance. The class is pickled by value, so its methods see a copy of this module's
+# globals: only a module-level function (pickled by reference) reaches the real dict.
 _guard_cfg: dict[str, Any] = {"allowed_hosts": None, "docs": True}
+
+
+def _configure_guard(allowed_hosts: list[str] | None, docs: bool) -> None:
+    _guard_cfg.update(allowed_hosts=allowed_hosts, docs=docs)
 
 
 class _Guard:
@@ -214,7 +220,7 @@ class Ingress:
         self.in_flight = limits.InFlight(
             self.cfg.limits.max_concurrent_per_key, self.cfg.limits.retry_after_s
         )
-        _guard_cfg.update(allowed_hosts=self.cfg.allowed_hosts, docs=self.cfg.docs)
+        _configure_guard(self.cfg.allowed_hosts, self.cfg.docs)
         if not self.cfg.api_keys:
             logger.warning(
                 "no api_keys configured: the server is OPEN, every caller may use every model"
