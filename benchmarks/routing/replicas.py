@@ -24,7 +24,7 @@ from ray import serve
 from adapters.pool import AdapterPool
 from adapters.spec import AdapterSpec
 from serve_app.deployments.logs import to_replica_log
-from serve_app.deployments.residency import ResidencyReporter
+from serve_app.routing.publisher import ResidencyReporter
 
 
 @dataclass

@@ -12,7 +12,7 @@ request, so errors surface before the ingress commits to a status code.
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
@@ -22,12 +22,13 @@ from adapters.validate import ValidatedAdapter, ValidationRules, validate_text_l
 from serve_app.config import LLMConfig, SourceOptions
 from serve_app.deployments.logs import to_replica_log
 from serve_app.deployments.working_set import WorkingSet, WorkingSetMethods, make_fetcher
-from serve_app.errors import InvalidRequestError
+from serve_app.engines.base import TextEngine
+from serve_app.request_errors import InvalidRequestError
 
 logger = logging.getLogger("serve_app.llm")
 
 
-def make_engine(cfg: LLMConfig) -> Any:
+def make_engine(cfg: LLMConfig) -> TextEngine:
     """The configured engine (not started). Heavy imports happen here, in the replica."""
     if cfg.engine == "peft":
         from serve_app.engines.peft_engine import PeftEngine
@@ -58,7 +59,14 @@ def make_engine(cfg: LLMConfig) -> Any:
 
 @serve.deployment
 class LLMDeployment(WorkingSetMethods):
-    async def __init__(self, cfg: dict, sources: dict, registry: Any = None) -> None:
+    async def __init__(
+        self,
+        cfg: dict,
+        sources: dict,
+        registry: Any = None,
+        engine_factory: Callable[[LLMConfig], TextEngine] = make_engine,
+    ) -> None:
+        """``engine_factory(cfg)`` builds the engine (default: vLLM or PEFT, by ``cfg.engine``)."""
         # NOTE: before vLLM is imported: its own logging setup (dictConfig) would otherwise
         # disable Serve's replica loggers, and this replica's log would go silent.
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -72,7 +80,7 @@ class LLMDeployment(WorkingSetMethods):
             check_base_model=src.check_base_model,
         )
         self.fetcher = make_fetcher(src)
-        self.engine = make_engine(self.cfg)
+        self.engine = engine_factory(self.cfg)
         await self.engine.start()
         ws = await WorkingSet.start(
             base=self.cfg.name,

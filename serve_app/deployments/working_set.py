@@ -13,7 +13,7 @@ from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
 from serve_app.config import SourceOptions
 from serve_app.deployments.registry_sync import RegistryFollower
-from serve_app.deployments.residency import ResidencyReporter
+from serve_app.routing.publisher import ResidencyReporter
 
 
 def make_fetcher(sources: SourceOptions) -> Fetcher:
@@ -80,5 +80,5 @@ class WorkingSetMethods:
         return await self.pool.evict(name)
 
     def record_routing_stats(self) -> dict:
-        """Serve polls this; routers read it (see residency.routing_stats)."""
+        """Serve polls this; routers read it (serve_app/routing/stats.py)."""
         return self.residency.record_routing_stats()

@@ -5,8 +5,8 @@ from pydantic import ValidationError
 
 from adapters.errors import InvalidModelIdError
 from serve_app.config import ImageConfig
-from serve_app.errors import InvalidRequestError
 from serve_app.image_api import adapter_mix, parse_image_request
+from serve_app.request_errors import InvalidRequestError
 
 CFG = ImageConfig(
     name="tiny-sd", model="unused", max_size=64, default_size=32, max_n=3, max_steps=8,

@@ -144,7 +144,7 @@ def _request(handle, specs, adapters=(), seed=1, **body):
     req = parse_image_request({"prompt": PROMPT, "seed": seed, **body}, REQ_CFG)
     mix = [{"spec": specs[n], "weight": w} for n, w in adapters]
     mid = ",".join(sorted(n for n, _ in adapters))
-    return handle.options(multiplexed_model_id=mid).generate.remote(req.model_dump(), mix)
+    return handle.options(multiplexed_model_id=mid).generate.remote(req.job(), mix)
 
 
 def _images(response) -> list[bytes]:
@@ -395,10 +395,10 @@ def test_replica_stays_responsive_while_generating(serve_handles, specs):
 
 
 def test_mix_larger_than_allowed_is_refused(serve_handles, specs):
-    from serve_app.errors import InvalidRequestError
+    from serve_app.request_errors import InvalidRequestError
 
     h = serve_handles["img"]
-    req = parse_image_request({"prompt": PROMPT}, REQ_CFG).model_dump()
+    req = parse_image_request({"prompt": PROMPT}, REQ_CFG).job()
     mix = [{"spec": specs[n], "weight": 1.0} for n in ["style3d", "cereal", "kohya", "pixel"]]
     mix.append({"spec": copy.deepcopy(specs["sketch"]), "weight": 1.0})
     with pytest.raises(InvalidRequestError, match="at most 4"):
