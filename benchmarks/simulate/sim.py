@@ -3,8 +3,8 @@
 Each replica serves at most ``k`` requests at once (a GPU batch) and accepts at most
 ``max_ongoing``; its working set is ``adapters.adapter_cache.AdapterCache`` (lru or lfu), the
 same structure the real pool uses. A request holds a service slot for the adapter load
-(``load_t``, if missing) plus ``service_t``. Requests arrive as a Poisson stream at ``util`` x the fleet's service
-capacity, or are sent by ``clients`` closed-loop clients. Routers:
+(``load_t``, if missing) plus ``service_t``. Requests arrive as a Poisson stream at ``util`` x
+the fleet's service capacity, or are sent by ``clients`` closed-loop clients. Routers:
 
 - ``ours``: ``serve_app.routing.policy.Fleet.decide``, replica state updated on every event (a
   router that sees every push at once), tried in preference order.
