@@ -1,6 +1,6 @@
 """Adapter-aware routing on local Ray Serve with several small simulated replicas.
 
-One Serve app for the module (replicas from benchmarks/routing/replicas.py: the real AdapterPool
+One Serve app for the module (replicas from serve_app/routing/simulated.py: the real AdapterPool
 and ResidencyReporter, adapter loads simulated by sleeps), reached through a handle only.
 """
 
@@ -11,13 +11,13 @@ import pytest
 import ray
 from ray import serve
 
-from benchmarks.routing.replicas import PoolReplica
 from serve_app.routing.router import request_router_config
 from serve_app.routing.serve_internals import (
     SERVE_NAMESPACE,
     replica_actor_name,
     request_router_of,
 )
+from serve_app.routing.simulated import PoolReplica
 
 APP = "routing-it"
 ARGS = dict(slots=2, k=1, load_s=0.2, service_s=0.05, eviction="lru")
