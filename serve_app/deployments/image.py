@@ -9,7 +9,6 @@ of their mix joined by "," ("" for the base model); residency is published for t
 import asyncio
 import base64
 import logging
-import os
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -139,26 +138,3 @@ class ImageDeployment(WorkingSetMethods):
 
     async def pin_adapter(self, spec: dict) -> None:
         await self.pool.pin(self._spec(spec))
-
-    async def adapter_snapshot(self) -> dict:
-        """Our pool's view, the pipeline's own adapter list, engine counters and process RSS."""
-        return {
-            **self.pool.snapshot(),
-            "engine_adapters": await self.engine.engine_adapters(),
-            "engine": self.engine.stats(),
-            "replica": serve.get_replica_context().replica_id.unique_id,
-            "pid": os.getpid(),
-            "rss_bytes": _rss_bytes(),
-        }
-
-    async def check_health(self) -> None:
-        await self.engine.engine_adapters()
-
-
-def _rss_bytes() -> int:
-    """Resident set size of this process (Linux), 0 where unknown."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

@@ -30,30 +30,26 @@ logger = logging.getLogger("serve_app.llm")
 
 def make_engine(cfg: LLMConfig) -> TextEngine:
     """The configured engine (not started). Heavy imports happen here, in the replica."""
+    common = {
+        "name": cfg.name,
+        "model": cfg.model,
+        "tokenizer": cfg.tokenizer,
+        "max_model_len": cfg.max_model_len,
+        "dtype": cfg.dtype,
+        "base_aliases": tuple(cfg.base_aliases),
+    }
     if cfg.engine == "peft":
         from serve_app.engines.peft_engine import PeftEngine
 
-        return PeftEngine(
-            name=cfg.name,
-            model=cfg.model,
-            tokenizer=cfg.tokenizer,
-            max_model_len=cfg.max_model_len,
-            dtype=cfg.dtype,
-            base_aliases=tuple(cfg.base_aliases),
-        )
+        return PeftEngine(**common)
     from serve_app.engines.vllm_engine import VLLMEngine
 
     return VLLMEngine(
-        name=cfg.name,
-        model=cfg.model,
-        tokenizer=cfg.tokenizer,
+        **common,
         max_loras=cfg.max_loras,
         max_cpu_loras=cfg.max_cpu_loras,
         max_lora_rank=cfg.max_lora_rank,
-        max_model_len=cfg.max_model_len,
-        dtype=cfg.dtype,
         engine_kwargs=cfg.engine_kwargs,
-        base_aliases=tuple(cfg.base_aliases),
     )
 
 
@@ -139,19 +135,6 @@ class LLMDeployment(WorkingSetMethods):
 
     async def pin_adapter(self, spec: dict) -> None:
         await self.pool.pin(AdapterSpec.model_validate(spec))
-
-    async def adapter_snapshot(self) -> dict:
-        """Our pool's view, the engine's own adapter list, and engine counters."""
-        return {
-            **self.pool.snapshot(),
-            "engine_adapters": await self.engine.engine_adapters(),
-            "engine": self.engine.stats(),
-            "replica": serve.get_replica_context().replica_id.unique_id,
-            "pid": os.getpid(),
-        }
-
-    async def check_health(self) -> None:
-        await self.engine.engine_adapters()
 
 
 async def _items(result: dict | AsyncIterator[str]) -> AsyncIterator[dict | str | None]:
