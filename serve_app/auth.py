@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapters.errors import InvalidModelIdError
 from adapters.ids import check_adapter_name, check_base_name
-from serve_app.errors import UnauthorizedError
+from serve_app.request_errors import UnauthorizedError
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 

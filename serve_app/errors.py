@@ -1,71 +1,22 @@
-"""Errors of requests, and the one table that maps every domain error to an HTTP status and an
-OpenAI-style error body. No FastAPI here: the ingress turns (status, body) into a response.
+"""The one table that maps every domain error to an HTTP status and an OpenAI-style error body.
+No FastAPI here: the ingress turns (status, body) into a response. The errors themselves live in
+``adapters.errors`` and ``serve_app.request_errors``.
 """
 
 import re
 
-from pydantic import ValidationError
-
 from adapters import errors as ae
-
-
-class InvalidRequestError(Exception):
-    """A request field is missing, malformed or outside a configured limit."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message, param)
-        self.message = message
-        self.param = param
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def invalid_field(e: "ValidationError") -> InvalidRequestError:
-    """A pydantic ValidationError as the request error that names its first bad field."""
-    err = e.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or None
-    return InvalidRequestError(f"invalid field '{field}': {err['msg']}", param=field)
-
-
-class RequestTooLargeError(InvalidRequestError):
-    """The request body or prompt exceeds a configured or model limit."""
-
-
-class BodyTooLargeError(InvalidRequestError):
-    """The HTTP request body exceeds ``max_request_bytes``."""
-
-
-class UnauthorizedError(Exception):
-    """No, or a wrong, API key or admin token."""
-
-
-class BodyTimeoutError(InvalidRequestError):
-    """The request body did not arrive within ``limits.body_timeout_s``."""
-
-
-class UnsupportedMediaTypeError(InvalidRequestError):
-    """A JSON endpoint was sent a body whose Content-Type is not JSON."""
-
-
-class MisdirectedRequestError(InvalidRequestError):
-    """The Host header names a host this server does not answer for (``allowed_hosts``)."""
-
-
-class RateLimitError(Exception):
-    """Too many requests in flight for one API key; retry after ``retry_after_s`` seconds."""
-
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message, retry_after_s)
-        self.message, self.retry_after_s = message, retry_after_s
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class EngineError(Exception):
-    """The engine failed on a valid request (a bug or a resource problem, not the user's input)."""
-
+from serve_app.request_errors import (
+    BodyTimeoutError,
+    BodyTooLargeError,
+    EngineError,
+    InvalidRequestError,
+    MisdirectedRequestError,
+    RateLimitError,
+    RequestTooLargeError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
 
 # Most specific classes first: the first isinstance match wins.
 _TABLE: list[tuple[type[BaseException], int, str]] = [

@@ -25,6 +25,14 @@ from serve_app import auth, errors, limits
 from serve_app.config import AppConfig
 from serve_app.deployments.logs import to_replica_log
 from serve_app.openapi_bodies import BODIES
+from serve_app.request_errors import (
+    BodyTimeoutError,
+    BodyTooLargeError,
+    InvalidRequestError,
+    MisdirectedRequestError,
+    UnsupportedMediaTypeError,
+    invalid_field,
+)
 
 logger = logging.getLogger("serve_app.ingress")
 CATALOG_REFRESH_S = 0.5
@@ -98,7 +106,7 @@ def _refusal(scope: dict) -> Exception | None:
         server = (scope.get("server") or ("", 0))[0]
         allowed = _LOOPBACK if server in _LOOPBACK or server.startswith("127.") else {"*"}
     if "*" not in allowed and host not in allowed:
-        return errors.MisdirectedRequestError(
+        return MisdirectedRequestError(
             f"this server does not answer for host {host!r} (see allowed_hosts)"
         )
     return None
@@ -134,7 +142,7 @@ def _validated(build: Any) -> Any:
     try:
         return build()
     except ValidationError as e:
-        raise errors.invalid_field(e) from None
+        raise invalid_field(e) from None
 
 
 async def _sse(gen: AsyncIterator[str], release: Any = None) -> AsyncIterator[str]:
@@ -154,9 +162,9 @@ async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> byte
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
-            raise errors.InvalidRequestError(f"Content-Length {declared!r} is not a number")
+            raise InvalidRequestError(f"Content-Length {declared!r} is not a number")
         if int(declared) > max_bytes:
-            raise errors.BodyTooLargeError(
+            raise BodyTooLargeError(
                 f"request body is {int(declared)} bytes; the limit is {max_bytes}"
             )
     chunks: list[bytes] = []
@@ -167,17 +175,15 @@ async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> byte
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_bytes:
-                raise errors.BodyTooLargeError(f"request body is over {max_bytes} bytes, the limit")
+                raise BodyTooLargeError(f"request body is over {max_bytes} bytes, the limit")
             chunks.append(chunk)
 
     try:
         await asyncio.wait_for(read(), timeout_s)
     except ClientDisconnect:  # nobody is left to answer; not a server error either
-        raise errors.InvalidRequestError("the client left before sending the whole body") from None
+        raise InvalidRequestError("the client left before sending the whole body") from None
     except TimeoutError:
-        raise errors.BodyTimeoutError(
-            f"the request body did not arrive within {timeout_s:g} s"
-        ) from None
+        raise BodyTimeoutError(f"the request body did not arrive within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 
@@ -269,12 +275,12 @@ class Ingress:
         self, model: Any, kind: str, caller: auth.Caller = auth.OPEN
     ) -> tuple[str, AdapterSpec | None]:
         if not isinstance(model, str):
-            raise errors.InvalidRequestError("'model' must be a string", param="model")
+            raise InvalidRequestError("'model' must be a string", param="model")
         mid = await self._lookup(model, caller)
         bases = self.catalog["bases"]
         if bases[mid.base]["kind"] != kind:
             route = "/v1/images/generations" if kind == "text" else "/v1/completions"
-            raise errors.InvalidRequestError(
+            raise InvalidRequestError(
                 f"model '{mid.base}' is not a {kind} model; use {route}", param="model"
             )
         spec = bases[mid.base]["adapters"][mid.adapter] if mid.adapter else None
@@ -350,7 +356,7 @@ class Ingress:
             mix.append({"spec": adapters[name], "weight": weight})
         mid = ",".join(sorted(m["spec"]["name"] for m in mix))
         handle = self.images[base].options(multiplexed_model_id=mid)
-        return JSONResponse(await handle.generate.remote(req.model_dump(mode="json"), mix))
+        return JSONResponse(await handle.generate.remote(req.job(), mix))
 
     def _caller(self, request: Request) -> auth.Caller:
         return auth.authorize(self.cfg.api_keys, auth.bearer(request.headers.get("authorization")))
@@ -358,7 +364,7 @@ class Ingress:
     def _default_image(self) -> str:
         if len(self.image_cfgs) == 1:
             return next(iter(self.image_cfgs))
-        raise errors.InvalidRequestError("'model' is required", param="model")
+        raise InvalidRequestError("'model' is required", param="model")
 
     # ---- admin API -------------------------------------------------------------------------
 
@@ -419,7 +425,7 @@ class Ingress:
         mid = await self._lookup(name)
         bases = self.catalog["bases"]
         if mid.adapter is None:
-            raise errors.InvalidRequestError(f"'{name}' is a base model, not an adapter")
+            raise InvalidRequestError(f"'{name}' is a base model, not an adapter")
         return mid.base, AdapterSpec.model_validate(bases[mid.base]["adapters"][mid.adapter])
 
     async def _replica_states(self) -> dict[str, dict[str, dict[str, str]]]:
@@ -445,19 +451,19 @@ class Ingress:
         if media != "application/json" and not (
             media.startswith("application/") and media.endswith("+json")
         ):
-            raise errors.UnsupportedMediaTypeError(
+            raise UnsupportedMediaTypeError(
                 f"Content-Type must be application/json, not {media or 'missing'!r}"
             )
         raw = await _read_body(request, self.cfg.max_request_bytes, self.cfg.limits.body_timeout_s)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise errors.InvalidRequestError(f"request body is not valid JSON: {e}") from None
+            raise InvalidRequestError(f"request body is not valid JSON: {e}") from None
         except RecursionError:
-            raise errors.InvalidRequestError(
+            raise InvalidRequestError(
                 f"request JSON is nested deeper than {self.cfg.limits.max_json_depth} levels"
             ) from None
         if not isinstance(body, dict):
-            raise errors.InvalidRequestError("request body must be a JSON object")
+            raise InvalidRequestError("request body must be a JSON object")
         limits.check_json(body, self.cfg.limits.max_json_depth)
         return body

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from serve_app.errors import InvalidRequestError, RateLimitError
+from serve_app.request_errors import InvalidRequestError, RateLimitError
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 

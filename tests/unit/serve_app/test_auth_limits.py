@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from serve_app import auth, limits
 from serve_app.config import AppConfig
-from serve_app.errors import InvalidRequestError, RateLimitError, UnauthorizedError, to_http
+from serve_app.errors import to_http
+from serve_app.request_errors import InvalidRequestError, RateLimitError, UnauthorizedError
 
 KEY_A, KEY_B = "sk-tenant-a-0123456789", "sk-tenant-b-9876543210"
 KEYS = [
