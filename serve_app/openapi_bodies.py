@@ -4,50 +4,59 @@ validate with their own models), so these models describe; they do not parse req
 Light imports only.
 """
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.image_api import ImageGenerationRequest
 
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _Documented(BaseModel):
+    # NOTE: closed here so generated examples stay meaningful; the routes accept every field
+    # vLLM's own request models accept.
+    model_config = ConfigDict(extra="forbid")
 
 
-class CompletionBody(_Open):
-    """OpenAI ``POST /v1/completions``: the commonly used fields (vLLM accepts more)."""
+_Stop = str | list[Annotated[str, Field(min_length=1, max_length=256)]] | None
+
+
+class CompletionBody(_Documented):
+    """OpenAI ``POST /v1/completions``: the commonly used fields (vLLM accepts more), with this
+    server's default limits."""
 
     model: str = Field(description="'<base>', '<base>:<adapter>' or a unique adapter name.")
-    prompt: str | list[str] | list[int] = Field(description="Text, texts, or token ids.")
-    max_tokens: int | None = Field(default=16, ge=1, description="Tokens to generate.")
+    prompt: str | list[str] | list[int] = Field(min_length=1, description="Text(s) or token ids.")
+    max_tokens: int | None = Field(default=16, ge=1, le=4096, description="Tokens to generate.")
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=1, ge=1)
+    n: int | None = Field(default=1, ge=1, le=8)
     stream: bool | None = False
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    logprobs: int | None = Field(default=None, ge=0)
+    stop: _Stop = Field(default=None, max_length=16)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str
+    content: str = Field(min_length=1)
 
 
-class ChatBody(_Open):
-    """OpenAI ``POST /v1/chat/completions``: the commonly used fields (vLLM accepts more)."""
+class ChatBody(_Documented):
+    """OpenAI ``POST /v1/chat/completions``: the commonly used fields (vLLM accepts more), with
+    this server's default limits."""
 
     model: str = Field(description="'<base>', '<base>:<adapter>' or a unique adapter name.")
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    messages: list[Message] = Field(min_length=1, max_length=512)
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=1, ge=1)
+    n: int | None = Field(default=1, ge=1, le=8)
     stream: bool | None = False
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: _Stop = Field(default=None, max_length=16)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
 class RegisterBody(BaseModel):
