@@ -58,6 +58,12 @@ class AdapterPool:
     NOTE: one ``asyncio.Lock`` per adapter id serialises load and evict of that id; a load runs as
     a task shared by every request that waits for it (so it finishes, and its error reaches all of
     them, even if the request that started it goes away). Loads of different ids run in parallel.
+
+    Versions: a spec's ``version`` (set by the registry) names one registration of the name. A
+    request for a higher version than the resident one waits for the old weights' uses to end,
+    unloads them and loads the new ones; a request for a lower version (a stale catalogue) uses
+    the newest spec this pool has seen for the name. So once a replacement reaches a replica, the
+    replaced weights serve no new request there.
     """
 
     def __init__(
@@ -87,6 +93,8 @@ class AdapterPool:
         self._draining: set[str] = set()  # being evicted: no new uses
         self._waiting: dict[str, int] = {}  # requests awaiting a load of this id
         self._handed: dict[str, int] = {}  # holds a finished load left for those requests
+        self._versions: dict[str, int] = {}  # version resident (or loading) per id
+        self._newest: dict[str, AdapterSpec] = {}  # highest-version spec seen per id
         self._changed = asyncio.Event()  # replaced after each set(): "something was released"
         self.loads = self.evictions = self.hits = self.misses = 0
 
@@ -122,13 +130,16 @@ class AdapterPool:
             log.info("adapter %s: unpinned%s", name, self._tag())
             self._notify()
 
-    async def evict(self, name: str) -> bool:
-        """Unload ``name`` now, pinned or not, once its in-flight uses have finished.
+    async def evict(self, name: str, older_than: int | None = None) -> bool:
+        """Unload ``name`` now, pinned or not, once its in-flight uses have finished; with
+        ``older_than``, only if the resident version is lower than that.
 
         Returns whether it was resident. New requests for it wait and then load it afresh.
         """
         async with self._lock(name):
-            if name not in self._cache:
+            if name not in self._cache or (
+                older_than is not None and self._versions.get(name, 0) >= older_than
+            ):
                 await self._unloaded(name)
                 return False
             self._draining.add(name)
@@ -173,6 +184,7 @@ class AdapterPool:
             "hits": self.hits,
             "misses": self.misses,
             "states": {n: s.value for n, s in self._states.items()},
+            "versions": {n: self._versions.get(n) for n in self.resident()},
         }
 
     # -- internals --------------------------------------------------------------------------------
@@ -187,12 +199,20 @@ class AdapterPool:
             lock = self._locks[name] = asyncio.Lock()
         return lock
 
-    def _ready(self, name: str) -> bool:
+    def _ready(self, name: str, version: int = 0) -> bool:
         return (
             name in self._cache
             and self._states.get(name) == AdapterState.READY
             and name not in self._draining
+            and self._versions.get(name, 0) >= version
         )
+
+    def _newest_spec(self, spec: AdapterSpec) -> AdapterSpec:
+        known = self._newest.get(spec.name)
+        if known is not None and (known.version or 0) > (spec.version or 0):
+            return known
+        self._newest[spec.name] = spec
+        return spec
 
     def _set(self, name: str, state: AdapterState, **info: Any) -> None:
         old = self._states.get(name)
@@ -228,13 +248,18 @@ class AdapterPool:
         return True
 
     async def _acquire(self, spec: AdapterSpec) -> None:
-        name = spec.name
+        spec = self._newest_spec(spec)
+        name, version = spec.name, spec.version or 0
         self._cache.touch(name)  # counts for lfu whether resident or not
-        if self._ready(name):
+        if self._ready(name, version):
             self.hits += 1
         else:
             self.misses += 1
-        while not self._ready(name):
+        while not self._ready(name, version):
+            if name in self._cache and self._versions.get(name, 0) < version:
+                log.info("adapter %s: replaced by version %d%s", name, version, self._tag())
+                await self.evict(name, older_than=version)
+                continue
             task = self._inflight.get(name)
             if task is None:
                 task = asyncio.create_task(self._load(spec), name=f"load-adapter:{name}")
@@ -276,9 +301,10 @@ class AdapterPool:
     async def _load(self, spec: AdapterSpec) -> None:
         name = spec.name
         async with self._lock(name):
-            if self._ready(name):
+            if name in self._cache:  # resident (_acquire replaces an older version first)
                 return
             await self._unloaded(name)  # a previous eviction of this id must finish first
+            self._versions[name] = spec.version or 0
             started = time.monotonic()
             self._set(name, AdapterState.RESOLVING, source=spec.source)
             placed = False

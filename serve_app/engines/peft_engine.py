@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapters.errors import AdapterLoadError, UnknownModelError
+from adapters.errors import AdapterLoadError, unknown_model
 from serve_app.errors import RequestTooLargeError, invalid_field
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class PeftEngine:
         self, req: _Sampling, prompt: list[int], obj: str, max_tokens: int
     ) -> dict[str, Any] | AsyncIterator[str]:
         if req.model != self.name and req.model not in self._adapters:
-            raise UnknownModelError(f"The model '{req.model}' does not exist.")
+            raise unknown_model(req.model)
         if len(prompt) + max_tokens > self.max_model_len:
             raise RequestTooLargeError(
                 f"This model's maximum context length is {self.max_model_len} tokens; the prompt "

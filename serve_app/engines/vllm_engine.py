@@ -98,8 +98,14 @@ class VLLMEngine:
         return self._info
 
     async def load_adapter(self, name: str, path: str) -> None:
+        """Load ``name`` from ``path`` under a fresh LoRA int id.
+
+        NOTE: vLLM keys LoRAs by int id (its CPU cache, its prefix cache): a name loaded again
+        (a replaced adapter's new version) must not reuse the old id, so the old one goes first.
+        """
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
 
+        await self.unload_adapter(name)
         result = await self._models.load_lora_adapter(
             LoadLoRAAdapterRequest(lora_name=name, lora_path=path), base_model_name=self.name
         )
