@@ -56,3 +56,8 @@ class AdapterCapacityError(AdapterError):
 
 class AdapterLoadError(AdapterError):
     """The engine refused or failed to load an adapter that passed validation."""
+
+
+class AdapterUnavailableError(AdapterError):
+    """The server could not fetch or load the adapter for a reason of its own (engine down, out
+    of memory, a disk error): not the adapter's fault; worth retrying later."""

@@ -14,7 +14,14 @@ from contextlib import asynccontextmanager
 from enum import StrEnum
 from typing import Any, Protocol
 
-from adapters.errors import AdapterCapacityError, AdapterError, AdapterLoadError
+from adapters.errors import (
+    AdapterCapacityError,
+    AdapterError,
+    AdapterLoadError,
+    AdapterSourceError,
+    AdapterUnavailableError,
+    InvalidAdapterError,
+)
 from adapters.lru import AdapterCache, Policy
 from adapters.spec import AdapterSpec
 
@@ -64,6 +71,10 @@ class AdapterPool:
     unloads them and loads the new ones; a request for a lower version (a stale catalogue) uses
     the newest spec this pool has seen for the name. So once a replacement reaches a replica, the
     replaced weights serve no new request there.
+
+    A load that fails because of the adapter or its source (missing, hanging, invalid, refused by
+    the engine) is remembered for ``failure_ttl_s``: requests for that version in that time get
+    the same error at once, so a broken source is not fetched again on every request.
     """
 
     def __init__(
@@ -79,12 +90,15 @@ class AdapterPool:
         name: str = "",
         capacity_timeout_s: float = 30.0,
         admission_wait_s: float = 0.1,
+        failure_ttl_s: float = 10.0,
     ) -> None:
         self._prepare, self._load_cb, self._unload_cb = prepare, load, unload
         self._on_event = on_event
         self.name = name
         self.capacity_timeout_s = capacity_timeout_s
         self.admission_wait_s = admission_wait_s
+        self.failure_ttl_s = failure_ttl_s
+        self._failures: dict[str, tuple[int, float, AdapterError]] = {}  # (version, until, error)
         self._cache: AdapterCache[Prepared] = AdapterCache(max_count, max_bytes, policy)
         self._states: dict[str, AdapterState] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -262,6 +276,7 @@ class AdapterPool:
                 continue
             task = self._inflight.get(name)
             if task is None:
+                self._raise_recent_failure(name, version)
                 task = asyncio.create_task(self._load(spec), name=f"load-adapter:{name}")
                 self._inflight[name] = task
                 task.add_done_callback(self._load_done)
@@ -278,6 +293,16 @@ class AdapterPool:
                 return  # the load left this request a hold: resident and not evictable
             # Loop: the load may have ended without making it ready (e.g. an eviction raced it).
         self._cache.acquire(name)
+
+    def _raise_recent_failure(self, name: str, version: int) -> None:
+        failed = self._failures.get(name)
+        if failed is None:
+            return
+        failed_version, until, err = failed
+        if failed_version != version or time.monotonic() >= until:
+            del self._failures[name]
+            return
+        raise type(err)(f"{err} (remembered; tried again in {until - time.monotonic():.0f}s)")
 
     def _leave(self, name: str) -> bool:
         """A request stops waiting for ``name``'s load; True if the load left it a hold."""
@@ -321,6 +346,9 @@ class AdapterPool:
                 if isinstance(e, Exception):
                     err = _domain_error(name, e)
                     self._set(name, AdapterState.FAILED, error=str(err))
+                    if isinstance(err, _REMEMBERED):
+                        until = time.monotonic() + self.failure_ttl_s
+                        self._failures[name] = (spec.version or 0, until, err)
                     if err is e:
                         raise
                     raise err from e
@@ -408,7 +436,15 @@ class AdapterPool:
             await asyncio.shield(task)
 
 
+# The adapter's own failures, worth remembering; server faults and a full working set are not.
+_REMEMBERED = (AdapterSourceError, InvalidAdapterError, AdapterLoadError)
+
+
 def _domain_error(name: str, e: Exception) -> AdapterError:
+    """Domain errors pass; anything else is the server's fault (an engine or disk failing, out
+    of memory), not the adapter's: engines raise AdapterLoadError for adapters they refuse."""
     if isinstance(e, AdapterError):
         return e
-    return AdapterLoadError(f"adapter '{name}' failed to load: {type(e).__name__}: {e}")
+    return AdapterUnavailableError(
+        f"adapter '{name}' failed to load (a server fault; retry later): {type(e).__name__}: {e}"
+    )

@@ -35,11 +35,31 @@ async def _any_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _error(exc: BaseException) -> JSONResponse:
-    exc = getattr(exc, "cause", None) or exc  # unwrap RayTaskError from a deployment
+    exc = _unwrap(exc)
     status, body = errors.to_http(exc)
     if status >= 500:
         logger.error("request failed: %r", exc)
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=errors.headers(status))
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The deployment's own error out of Ray's wrapper; Ray's replica faults as domain errors."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError
+
+    if isinstance(exc, RayActorError | ActorUnavailableError):
+        return errors.ReplicaUnavailableError(
+            "the replica serving this request stopped (Serve is replacing it); retry"
+        )
+    if isinstance(exc, BackPressureError):
+        return errors.ReplicaUnavailableError(f"overloaded: {exc}")
+    return getattr(exc, "cause", None) or exc  # unwrap RayTaskError from a deployment
+
+
+def _replica_died(exc: BaseException) -> bool:
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    return isinstance(exc, RayActorError | ActorUnavailableError)
 
 
 # NOTE: helpers are defined before the class: @serve.ingress serialises the app (and what its
@@ -69,7 +89,7 @@ async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:
         async for chunk in gen:
             yield chunk
     except Exception as exc:  # after the status line: report in-band, as OpenAI streams do
-        status, body = errors.to_http(getattr(exc, "cause", None) or exc)
+        status, body = errors.to_http(_unwrap(exc))
         logger.error("stream failed: %r", exc)
         yield f"data: {json.dumps(body)}\n\n"
 
@@ -156,10 +176,17 @@ class Ingress:
         base, spec = await self._resolve(body.get("model"), "text")
         handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
         spec_dict = spec.model_dump(mode="json") if spec else None
-        if body.get("stream") is not True:
-            return JSONResponse(await handle.complete.remote(kind, body, spec_dict))
-        gen = handle.options(stream=True).generate.remote(kind, body, spec_dict)
-        first = await gen.__anext__()  # raises the deployment's error before any byte is sent
+        for attempt in (1, 2):  # NOTE: once more on another replica if ours died before answering
+            try:
+                if body.get("stream") is not True:
+                    return JSONResponse(await handle.complete.remote(kind, body, spec_dict))
+                gen = handle.options(stream=True).generate.remote(kind, body, spec_dict)
+                first = await gen.__anext__()  # the deployment's error, before any byte is sent
+                break
+            except Exception as e:
+                if attempt == 2 or not _replica_died(e):
+                    raise
+                logger.warning("replica died before answering (%r): retrying once", e)
         if first is not None:
             return JSONResponse(first)
         return StreamingResponse(_sse(gen), media_type="text/event-stream")

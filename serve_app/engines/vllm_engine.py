@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from adapters.errors import AdapterLoadError, UnknownModelError
+from adapters.errors import AdapterLoadError, AdapterUnavailableError, UnknownModelError
 from serve_app.errors import (
     EngineError,
+    EngineUnavailableError,
     InvalidRequestError,
     RequestTooLargeError,
     invalid_field,
@@ -110,6 +111,8 @@ class VLLMEngine:
             LoadLoRAAdapterRequest(lora_name=name, lora_path=path), base_model_name=self.name
         )
         if not isinstance(result, str):
+            if result.error.code >= 500:  # the engine failed (dead, out of memory), not the file
+                raise AdapterUnavailableError(f"adapter '{name}': vLLM: {result.error.message}")
             raise AdapterLoadError(f"adapter '{name}': vLLM refused it: {result.error.message}")
 
     async def unload_adapter(self, name: str) -> None:
@@ -169,9 +172,12 @@ def _parse(model: type, body: dict[str, Any]) -> Any:
 async def _call(serving: Any, create: Any, request: Any) -> dict[str, Any] | AsyncIterator[str]:
     """Run one serving-layer call; vLLM's own mapping turns its client errors into responses."""
     from vllm.exceptions import VLLMClientError
+    from vllm.v1.engine.exceptions import EngineDeadError
 
     try:
         result = await create(request, raw_request=None)
+    except EngineDeadError as e:  # the health check fails too: Serve replaces this replica
+        raise EngineUnavailableError(f"the engine stopped ({e}); retry") from None
     except (VLLMClientError, ValueError) as e:
         result = serving.create_error_response(e)
     return _result(result)
@@ -188,6 +194,8 @@ def _result(result: Any) -> dict[str, Any] | AsyncIterator[str]:
             raise RequestTooLargeError(err.message, param=err.param or "prompt")
         if 400 <= err.code < 500:
             raise InvalidRequestError(err.message, param=err.param)
+        if err.code == 503:  # vLLM's own "retry later" stays a 503
+            raise EngineUnavailableError(err.message)
         raise EngineError(err.message)
     if hasattr(result, "model_dump"):
         return result.model_dump(mode="json", exclude_none=True)

@@ -1,8 +1,12 @@
 """AdapterPool with versions: a replaced adapter's old weights serve no request once a request
-for the new version arrives; a request for an older version (stale catalogue) gets the newest."""
+for the new version arrives; a request for an older version (stale catalogue) gets the newest.
+And the negative cache: a broken source is not fetched again on every request."""
 
 import asyncio
 
+import pytest
+
+from adapters.errors import AdapterSourceError
 from adapters.pool import AdapterPool
 from adapters.spec import AdapterSpec
 
@@ -12,12 +16,15 @@ class Prepared:
         self.source, self.size_bytes = source, 1
 
 
-def make_pool() -> tuple[AdapterPool, dict[str, str], list[str]]:
+def make_pool(**kw) -> tuple[AdapterPool, dict[str, str], list[str]]:
     engine: dict[str, str] = {}  # name -> source loaded in the "engine"
     unloads: list[str] = []
 
     async def prepare(spec: AdapterSpec) -> Prepared:
         await asyncio.sleep(0)
+        PREPARES.append(spec.source)
+        if spec.source.startswith("/missing"):
+            raise AdapterSourceError(f"adapter '{spec.name}': {spec.source} does not exist")
         return Prepared(spec.source)
 
     async def load(spec: AdapterSpec, prepared: Prepared) -> None:
@@ -29,7 +36,11 @@ def make_pool() -> tuple[AdapterPool, dict[str, str], list[str]]:
         unloads.append(name)
         engine.pop(name)
 
-    return AdapterPool(prepare=prepare, load=load, unload=unload, max_count=2), engine, unloads
+    pool = AdapterPool(prepare=prepare, load=load, unload=unload, max_count=2, **kw)
+    return pool, engine, unloads
+
+
+PREPARES: list[str] = []
 
 
 def v(source: str, version: int) -> AdapterSpec:
@@ -86,3 +97,24 @@ async def _test_follower_eviction_spares_a_newer_resident():
     assert engine == {"x": "/new"}
     assert await pool.evict("x", older_than=4) is True
     assert engine == {}
+
+
+def test_a_failed_source_is_remembered_until_its_ttl_or_a_new_version():
+    async def scenario():
+        PREPARES.clear()
+        pool, engine, _ = make_pool(failure_ttl_s=0.2)
+        for _ in range(3):
+            with pytest.raises(AdapterSourceError, match="does not exist"):
+                await pool.ensure(v("/missing", 1))
+        assert PREPARES == ["/missing"]  # fetched once, not three times
+        await pool.ensure(v("/fixed", 2))  # a re-registration is tried at once
+        assert engine == {"x": "/fixed"}
+        await pool.evict("x")
+        with pytest.raises(AdapterSourceError):
+            await pool.ensure(v("/missing-again", 3))
+        await asyncio.sleep(0.25)
+        with pytest.raises(AdapterSourceError):
+            await pool.ensure(v("/missing-again", 3))
+        assert PREPARES == ["/missing", "/fixed", "/missing-again", "/missing-again"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
