@@ -24,8 +24,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 class App:
     """The app under test: its config, a way to (re)deploy it, and client helpers."""
 
-    def __init__(self, assets: dict, state_dir: Path, work: Path, port: int) -> None:
-        self.assets, self.state_dir, self.work = assets, state_dir, work
+    def __init__(self, assets: dict, state_dir: Path, work: Path, port: int, s3: str) -> None:
+        self.assets, self.state_dir, self.work, self.s3 = assets, state_dir, work, s3
         self.url = f"http://127.0.0.1:{port}"
         self.http = httpx.Client(base_url=self.url, timeout=120)
         self.admin = httpx.Client(base_url=self.url, timeout=120, headers=AUTH)
@@ -36,7 +36,11 @@ class App:
         return {
             "admin_token": TOKEN,
             "state_dir": str(self.state_dir),
-            "sources": {"allowed_roots": [str(Path(llm["base"]).parents[1]), str(self.work)]},
+            "sources": {
+                "allowed_roots": [str(Path(llm["base"]).parents[1]), str(self.work)],
+                "s3_endpoint_url": self.s3,
+                "cache_dir": str(self.work / "cache"),
+            },
             "llm": [
                 {
                     "name": BASE,
@@ -126,19 +130,46 @@ def named_actor(fragment: str) -> str:
     return matches[0]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def app(demo_assets, tmp_path_factory):
+def s3() -> str:
+    """A real S3-compatible server (moto) for adapters that go through the disk cache."""
+    from moto.server import ThreadedMotoServer
+
+    creds = {
+        "AWS_ACCESS_KEY_ID": "t",
+        "AWS_SECRET_ACCESS_KEY": "t",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in creds.items():
+            mp.setenv(k, v)  # NOTE: before ray.init, so the replicas inherit them
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def app(demo_assets, tmp_path_factory, s3):
     import ray
     from ray import serve
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = App(demo_assets, tmp_path_factory.mktemp("state"), tmp_path_factory.mktemp("src"), port)
+    state, work = tmp_path_factory.mktemp("state"), tmp_path_factory.mktemp("src")
+    app = App(demo_assets, state, work, port, s3)
     print(f"\nstarted in {app.deploy(app.config()):.1f}s")
     yield app
     serve.shutdown()
@@ -247,7 +278,7 @@ def test_fifty_concurrent_registrations_of_one_name_one_201(app):
 def test_llm_replica_killed_mid_request_and_mid_stream(app):
     """SIGKILL one vLLM replica's process while requests run: every client gets an answer or a
     clear 503, none hangs; the replacement replica serves afterwards."""
-    long = {"model": "sql", "prompt": "Hello", "max_tokens": 200, "temperature": 0,
+    long = {"model": "race", "prompt": "Hello", "max_tokens": 200, "temperature": 0,
             "ignore_eos": True}  # fmt: skip
     outcomes: dict[str, list[str]] = {"unary": [], "stream": []}
     first_chunk = threading.Event()
@@ -274,12 +305,14 @@ def test_llm_replica_killed_mid_request_and_mid_stream(app):
                             error = line
             outcomes["stream"].append(f"{chunks} chunks" + (f", then {error}" if error else ""))
 
-    pids = sorted({s["pid"] for s in replica_snapshots().values()})
-    assert len(pids) == 2
+    assert len(replica_snapshots()) == 2
     workers = [threading.Thread(target=f) for f in (unary, unary, unary, stream, stream)]
     for w in workers:
         w.start()
     assert first_chunk.wait(60)
+    # The replica the router placed the (cold) adapter 'race' on: it serves these requests.
+    snaps = sorted(replica_snapshots().values(), key=lambda s: "race" not in s["resident"])
+    pids = [s["pid"] for s in snaps]
     os.kill(pids[0], signal.SIGKILL)
     killed = time.monotonic()
     for w in workers:
@@ -312,3 +345,27 @@ def test_peft_stream_disconnect_stops_generation_and_frees_the_engine(app):
     engine = handle.adapter_snapshot.remote().result()["engine"]
     assert engine["cancelled"] >= 1, engine  # stopped early, not run to its 240 tokens
     assert app.complete(REF) is not None  # and the engine lock is free for the next request
+
+
+def test_damaged_cache_entry_is_fetched_again_not_422_forever(app, refs):
+    """An S3 adapter lands in the disk cache; truncating, then corrupting, the cached weights
+    (and re-registering, so the cache is read again) still gives the adapter's own output."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=app.s3)
+    client.create_bucket(Bucket="loras")
+    src = Path(app.assets["llm"]["adapters"]["sql"])
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        client.put_object(Bucket="loras", Key=f"sql/{f}", Body=(src / f).read_bytes())
+    assert app.register("s3sql", "s3://loras/sql").status_code == 201
+    assert app.complete("s3sql") == refs["sql"]
+    (cached,) = (app.work / "cache" / "entries").glob("*/adapter_model.safetensors")
+    for damage in ("truncate", "corrupt"):
+        data = cached.read_bytes()
+        cached.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\xff" + data[1:])
+        assert app.admin.delete("/v1/adapters/s3sql").status_code == 200
+        resp = app.register("s3sql", "s3://loras/sql")
+        assert resp.status_code == 201, f"{damage}: {resp.text}"
+        assert app.complete("s3sql") == refs["sql"], damage
+        (cached,) = (app.work / "cache" / "entries").glob("*/adapter_model.safetensors")
+        assert cached.read_bytes() == (src / "adapter_model.safetensors").read_bytes()
