@@ -143,14 +143,22 @@ class VLLMEngine:
         return await _call(self._chat, self._chat.create_chat_completion, request)
 
     def stats(self) -> dict[str, Any]:
-        """Adapter sets that vLLM's scheduler ran together (its lora_requests_info gauge)."""
+        """Adapter sets that vLLM's scheduler ran together (its lora_requests_info gauge), tokens
+        generated so far, and requests not finished (a disconnected client's are aborted)."""
         from prometheus_client import REGISTRY
 
         together: set[str] = set()
+        generated = 0.0
         for metric in REGISTRY.collect():
             if metric.name == "vllm:lora_requests_info":
                 together |= {s.labels.get("running_lora_adapters", "") for s in metric.samples}
-        return {"running_lora_adapter_sets": sorted(t for t in together if t)}
+            if metric.name == "vllm:generation_tokens":
+                generated += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+        return {
+            "running_lora_adapter_sets": sorted(t for t in together if t),
+            "generation_tokens": int(generated),
+            "unfinished_requests": self.client.get_num_unfinished_requests(),
+        }
 
     async def shutdown(self) -> None:
         await self._stack.aclose()

@@ -347,6 +347,28 @@ def test_peft_stream_disconnect_stops_generation_and_frees_the_engine(app):
     assert app.complete(REF) is not None  # and the engine lock is free for the next request
 
 
+def test_vllm_stream_disconnect_aborts_the_generation(app):
+    """A client that goes away after a few chunks: vLLM aborts its request (far fewer than the
+    240 tokens it asked for are generated) and the replica has nothing left running."""
+    body = {"model": BASE, "prompt": "Hello", "max_tokens": 240, "temperature": 0,
+            "ignore_eos": True, "stream": True}  # fmt: skip
+
+    def engines() -> dict[str, dict]:
+        return {r: s["engine"] for r, s in replica_snapshots().items()}
+
+    before = engines()
+    with httpx.Client(base_url=app.url, timeout=60) as c:
+        with c.stream("POST", "/v1/completions", json=body) as resp:
+            for i, _ in enumerate(resp.iter_lines()):
+                if i >= 4:
+                    break
+    wait_for(lambda: all(e["unfinished_requests"] == 0 for e in engines().values()), 60)
+    after = engines()
+    generated = sum(after[r]["generation_tokens"] - before[r]["generation_tokens"] for r in after)
+    print(f"\nvLLM generated {generated} of 240 tokens for a client that left after 4 chunks")
+    assert 0 < generated < 240
+
+
 def test_damaged_cache_entry_is_fetched_again_not_422_forever(app, refs):
     """An S3 adapter lands in the disk cache; truncating, then corrupting, the cached weights
     (and re-registering, so the cache is read again) still gives the adapter's own output."""
