@@ -82,9 +82,6 @@ class AdapterRegistry:
         logger.info("%s adapter %s:%s", "pinned" if pinned else "unpinned", base, name)
         return version
 
-    def get(self, base: str, name: str) -> AdapterSpec:
-        return self._read().adapter(base, name)
-
     def _read(self) -> Catalog:
         """The store's adapters for the configured bases (others are kept, not served)."""
         version, stored = self.store.load()
