@@ -22,6 +22,10 @@ class RegistryFollower:
         self.registry, self.base, self.pool, self.period_s = registry, base, pool, period_s
         self.version = 0
         self.specs: dict[str, AdapterSpec] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Follow in the background from now on (every ``period_s``)."""
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
