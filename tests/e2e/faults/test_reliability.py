@@ -3,6 +3,7 @@ and a Transformers+PEFT replica on the tiny demo models) that this module restar
 breaks on purpose. Each fault prints what clients saw and how long recovery took.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ TOKEN = "faults-admin-token"
 BASE, REF = "tiny-llama", "tiny-llama-ref"
 APP = "loraserve"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FETCH_TIMEOUT_S = 3
 
 
 class App:
@@ -40,6 +42,7 @@ class App:
                 "allowed_roots": [str(Path(llm["base"]).parents[1]), str(self.work)],
                 "s3_endpoint_url": self.s3,
                 "cache_dir": str(self.work / "cache"),
+                "fetch_timeout_s": FETCH_TIMEOUT_S,
             },
             "llm": [
                 {
@@ -158,8 +161,44 @@ def s3() -> str:
             server.stop()
 
 
+class HangingProxy:
+    """A TCP proxy in front of the S3 server; ``hang`` makes it stop answering (connections stay
+    open, bytes go nowhere), as a stuck storage endpoint does."""
+
+    def __init__(self, target: str) -> None:
+        self.target = int(target.rsplit(":", 1)[1])
+        self.hang = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            up = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                while self.hang.is_set():
+                    time.sleep(0.05)  # NOTE: hold the bytes: the client waits for an answer
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
 @pytest.fixture(scope="module")
-def app(demo_assets, tmp_path_factory, s3):
+def proxy(s3) -> HangingProxy:
+    return HangingProxy(s3)
+
+
+@pytest.fixture(scope="module")
+def app(demo_assets, tmp_path_factory, proxy):
     import ray
     from ray import serve
 
@@ -169,7 +208,7 @@ def app(demo_assets, tmp_path_factory, s3):
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     state, work = tmp_path_factory.mktemp("state"), tmp_path_factory.mktemp("src")
-    app = App(demo_assets, state, work, port, s3)
+    app = App(demo_assets, state, work, port, proxy.url)
     print(f"\nstarted in {app.deploy(app.config()):.1f}s")
     yield app
     serve.shutdown()
@@ -391,3 +430,27 @@ def test_damaged_cache_entry_is_fetched_again_not_422_forever(app, refs):
         assert app.complete("s3sql") == refs["sql"], damage
         (cached,) = (app.work / "cache" / "entries").glob("*/adapter_model.safetensors")
         assert cached.read_bytes() == (src / "adapter_model.safetensors").read_bytes()
+
+
+def test_hanging_source_times_out_while_other_adapters_keep_serving(app, refs, proxy):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=app.s3)
+    src = Path(app.assets["llm"]["adapters"]["poet"])
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        client.put_object(Bucket="loras", Key=f"poet/{f}", Body=(src / f).read_bytes())
+    proxy.hang.set()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            hung = pool.submit(app.register, "s3poet", "s3://loras/poet")
+            others = [app.complete("sql") for _ in range(3)]  # served meanwhile
+            resp = hung.result(timeout=120)  # NOTE: bounded: never a hang
+        message = resp.json()["error"]["message"]
+        print(f"\nhanging source: registration got {resp.status_code} ({message!r})")
+        assert resp.status_code == 504 and f"longer than {FETCH_TIMEOUT_S}s" in resp.text
+        assert others == [refs["sql"]] * 3
+    finally:
+        proxy.hang.clear()
+    resp = app.register("s3poet", "s3://loras/poet")  # the source is back: accepted
+    assert resp.status_code == 201, resp.text
+    assert app.complete("s3poet") == refs["poet"]
