@@ -23,6 +23,13 @@ from adapters.spec import AdapterSpec
 from serve_app import errors
 from serve_app.config import AppConfig
 from serve_app.deployments.logs import to_replica_log
+from serve_app.request_errors import (
+    BodyTooLargeError,
+    InvalidRequestError,
+    ReplicaUnavailableError,
+    UnauthorizedError,
+    invalid_field,
+)
 
 logger = logging.getLogger("serve_app.ingress")
 CATALOG_REFRESH_S = 0.5
@@ -48,11 +55,11 @@ def _unwrap(exc: BaseException) -> BaseException:
     from ray.serve.exceptions import BackPressureError
 
     if isinstance(exc, RayActorError | ActorUnavailableError):
-        return errors.ReplicaUnavailableError(
+        return ReplicaUnavailableError(
             "the replica serving this request stopped (Serve is replacing it); retry"
         )
     if isinstance(exc, BackPressureError):
-        return errors.ReplicaUnavailableError(f"overloaded: {exc}")
+        return ReplicaUnavailableError(f"overloaded: {exc}")
     return getattr(exc, "cause", None) or exc  # unwrap RayTaskError from a deployment
 
 
@@ -81,7 +88,7 @@ def _validated(build: Any) -> Any:
     try:
         return build()
     except ValidationError as e:
-        raise errors.invalid_field(e) from None
+        raise invalid_field(e) from None
 
 
 async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -143,11 +150,11 @@ class Ingress:
 
     async def _resolve(self, model: Any, kind: str) -> tuple[str, AdapterSpec | None]:
         if not isinstance(model, str):
-            raise errors.InvalidRequestError("'model' must be a string", param="model")
+            raise InvalidRequestError("'model' must be a string", param="model")
         mid = await self._lookup(model)
         if self.catalog.base(mid.base).kind != kind:
             route = "/v1/images/generations" if kind == "text" else "/v1/completions"
-            raise errors.InvalidRequestError(
+            raise InvalidRequestError(
                 f"model '{mid.base}' is not a {kind} model; use {route}", param="model"
             )
         return mid.base, self.catalog.adapter(mid.base, mid.adapter) if mid.adapter else None
@@ -204,12 +211,12 @@ class Ingress:
         ]
         mid = ",".join(sorted(m["spec"]["name"] for m in mix))
         handle = self.images[base].options(multiplexed_model_id=mid)
-        return JSONResponse(await handle.generate.remote(req.model_dump(mode="json"), mix))
+        return JSONResponse(await handle.generate.remote(req.job(), mix))
 
     def _default_image(self) -> str:
         if len(self.image_cfgs) == 1:
             return next(iter(self.image_cfgs))
-        raise errors.InvalidRequestError("'model' is required", param="model")
+        raise InvalidRequestError("'model' is required", param="model")
 
     # ---- admin API -------------------------------------------------------------------------
 
@@ -274,7 +281,7 @@ class Ingress:
     async def _admin_target(self, name: str) -> tuple[str, AdapterSpec]:
         mid = await self._lookup(name)
         if mid.adapter is None:
-            raise errors.InvalidRequestError(f"'{name}' is a base model, not an adapter")
+            raise InvalidRequestError(f"'{name}' is a base model, not an adapter")
         return mid.base, self.catalog.adapter(mid.base, mid.adapter)
 
     async def _replica_states(self) -> dict[str, dict[str, dict[str, str]]]:
@@ -292,7 +299,7 @@ class Ingress:
         token = self.cfg.admin_token
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not token or not hmac.compare_digest(given.encode(), token.encode()):
-            raise errors.UnauthorizedError(
+            raise UnauthorizedError(
                 "admin API: missing or wrong bearer token"
                 if token
                 else "admin API is disabled: set admin_token (or LORASERVE_ADMIN_TOKEN)"
@@ -301,13 +308,13 @@ class Ingress:
     async def _json(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
         if len(raw) > self.cfg.max_request_bytes:
-            raise errors.BodyTooLargeError(
+            raise BodyTooLargeError(
                 f"request body is {len(raw)} bytes; the limit is {self.cfg.max_request_bytes}"
             )
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise errors.InvalidRequestError(f"request body is not valid JSON: {e}") from None
+            raise InvalidRequestError(f"request body is not valid JSON: {e}") from None
         if not isinstance(body, dict):
-            raise errors.InvalidRequestError("request body must be a JSON object")
+            raise InvalidRequestError("request body must be a JSON object")
         return body

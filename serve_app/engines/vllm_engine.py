@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from adapters.errors import AdapterLoadError, AdapterUnavailableError, UnknownModelError
-from serve_app.errors import (
+from serve_app.request_errors import (
     EngineError,
     EngineUnavailableError,
     InvalidRequestError,
@@ -98,7 +98,7 @@ class VLLMEngine:
             self._info = text_base_info(self.name, self.model, self.base_aliases)
         return self._info
 
-    async def load_adapter(self, name: str, path: str) -> None:
+    async def load_adapter(self, name: str, path: str, weight_name: str | None = None) -> None:
         """Load ``name`` from ``path`` under a fresh LoRA int id.
 
         NOTE: vLLM keys LoRAs by int id (its CPU cache, its prefix cache): a name loaded again

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from adapters.cache import DiskCache
+from adapters.disk_cache import DiskCache
 
 
 def put(cache: DiskCache, key: str, data: bytes) -> "os.PathLike":
@@ -29,7 +29,7 @@ def test_a_damaged_entry_is_dropped_so_it_is_fetched_again(tmp_path, caplog, dam
     entry = put(cache, "k", b"X" * 100)
     assert cache.lookup("k") == entry
     damage(entry / "adapter_model.safetensors")
-    caplog.set_level("WARNING", logger="adapters.cache")
+    caplog.set_level("WARNING", logger="adapters.disk_cache")
     assert cache.lookup("k") is None
     assert why in caplog.text
     assert cache.total_bytes == 0
@@ -40,7 +40,7 @@ def test_a_damaged_entry_is_dropped_so_it_is_fetched_again(tmp_path, caplog, dam
 def test_an_untouched_entry_is_not_hashed_again(tmp_path, monkeypatch):
     cache = DiskCache(tmp_path, max_bytes=10_000)
     put(cache, "k", b"X" * 100)
-    monkeypatch.setattr("adapters.cache.file_sha256", lambda p: pytest.fail("hashed on a hit"))
+    monkeypatch.setattr("adapters.disk_cache.file_sha256", lambda p: pytest.fail("hashed on a hit"))
     assert cache.lookup("k") is not None
 
 

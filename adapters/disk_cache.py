@@ -28,7 +28,7 @@ from pathlib import Path
 
 from adapters.errors import AdapterSourceError
 
-log = logging.getLogger("adapters.cache")
+log = logging.getLogger("adapters.disk_cache")
 ORPHAN_AGE_S = 60.0  # a tmp dir with no lock file this old belongs to no one
 
 
