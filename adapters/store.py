@@ -56,7 +56,9 @@ class CatalogStore:
             self.path, timeout=30, isolation_level=None, check_same_thread=False
         )
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            # NOTE: the rollback journal, not WAL: WAL needs shared memory, which a shared
+            # filesystem across hosts (a cluster's state_dir) does not give.
+            self._db.execute("PRAGMA journal_mode=DELETE")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
 
