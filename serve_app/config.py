@@ -204,6 +204,11 @@ class AppConfig(_Strict):
         "rebinding); elsewhere any host.",
     )
     docs: bool = Field(default=True, description="Serve /docs, /redoc and /openapi.json.")
+    state_dir: str = Field(
+        default_factory=env.state_dir,
+        description="Directory of the durable adapter catalogue (a SQLite file); on a cluster, a "
+        "path on shared storage the registry's node can reach. Default from LORASERVE_STATE_DIR.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "AppConfig":

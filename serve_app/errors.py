@@ -10,13 +10,18 @@ from serve_app.request_errors import (
     BodyTimeoutError,
     BodyTooLargeError,
     EngineError,
+    EngineUnavailableError,
     InvalidRequestError,
     MisdirectedRequestError,
     RateLimitError,
+    ReplicaUnavailableError,
     RequestTooLargeError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
+
+RETRY_AFTER_S = 1  # what 503 answers tell clients to wait
+
 
 # Most specific classes first: the first isinstance match wins.
 _TABLE: list[tuple[type[BaseException], int, str]] = [
@@ -32,11 +37,14 @@ _TABLE: list[tuple[type[BaseException], int, str]] = [
     (ae.AmbiguousModelError, 400, "invalid_request_error"),
     (ae.UnknownModelError, 404, "not_found_error"),
     (ae.AdapterExistsError, 409, "conflict_error"),
-    (ae.AdapterCapacityError, 409, "conflict_error"),
+    (ae.AdapterCapacityError, 503, "overloaded_error"),
+    (ae.AdapterUnavailableError, 503, "server_error"),
     (ae.AdapterFetchTimeoutError, 504, "adapter_source_error"),
     (ae.AdapterSourceError, 422, "adapter_source_error"),
     (ae.InvalidAdapterError, 422, "invalid_adapter_error"),
     (ae.AdapterLoadError, 422, "invalid_adapter_error"),
+    (EngineUnavailableError, 503, "overloaded_error"),
+    (ReplicaUnavailableError, 503, "overloaded_error"),
     (EngineError, 500, "server_error"),
 ]
 
@@ -63,11 +71,11 @@ def for_caller(exc: BaseException) -> BaseException:
     return type(exc)(f"adapter '{m[1] if m else '?'}' is unavailable: {what}")
 
 
-def headers(exc: BaseException) -> dict[str, str]:
-    """Extra response headers an error asks for (Retry-After of a 429)."""
+def headers(status: int, exc: BaseException | None = None) -> dict[str, str]:
+    """HTTP headers an error answer carries: 503 and 429 say when to retry."""
     if isinstance(exc, RateLimitError):
         return {"Retry-After": str(exc.retry_after_s)}
-    return {}
+    return {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {}
 
 
 def error_body(message: str, kind: str, status: int, param: str | None = None) -> dict:

@@ -28,9 +28,9 @@ def _key(name: str, key: str, models: list[str]) -> dict:
 
 
 @pytest.fixture
-def keyed(monkeypatch):
+def keyed(monkeypatch, tmp_path):
     calls: list = []
-    registry = AdapterRegistry.func_or_class(BASES)
+    registry = AdapterRegistry.func_or_class(BASES, str(tmp_path))
     cfg = {
         "llm": [{"name": "tiny", "model": "/models/tiny"}],
         "image": [{"name": "pics", "model": "/models/pics"}],
