@@ -382,7 +382,13 @@ class Ingress:
         return JSONResponse(await handle.generate.remote(req.job(), mix))
 
     def _caller(self, request: Request) -> auth.Caller:
-        return auth.authorize(self.cfg.api_keys, auth.bearer(request.headers.get("authorization")))
+        return self.authorize(auth.bearer(request.headers.get("authorization")))
+
+    def authorize(self, api_key: str | None) -> auth.Caller:
+        """The caller holding ``api_key`` (UnauthorizedError if keys are configured and it is
+        none of them); every way in (HTTP, batch jobs) checks keys here. Pass the caller to
+        ``_resolve`` so out-of-scope models look like missing ones."""
+        return auth.authorize(self.cfg.api_keys, api_key)
 
     def _default_image(self) -> str:
         if len(self.image_cfgs) == 1:
