@@ -149,6 +149,9 @@ def _check_stop(stop: Any, limits: Limits) -> None:
 
 
 def _check_prompt(prompt: Any, limits: Limits) -> None:
+    if prompt == [] or (isinstance(prompt, list) and any(p == [] for p in prompt)):
+        # NOTE: vLLM finds this only once a stream has started (a 200 with an in-band error)
+        raise InvalidRequestError("'prompt' must not be empty", param="prompt")
     if isinstance(prompt, str) or not isinstance(prompt, list):
         prompts = [prompt]
     elif prompt and all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):

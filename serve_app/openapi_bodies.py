@@ -140,7 +140,7 @@ _ERRORS = {
 
 _STREAMED = {  # what a text route answers: JSON, or server-sent events when "stream": true
     "application/json": {"schema": {"type": "object"}},
-    "text/event-stream": {"schema": {"type": "string"}},
+    "text/event-stream": {"schema": {}},  # events: "data: <chunk JSON>", then "data: [DONE]"
 }
 
 

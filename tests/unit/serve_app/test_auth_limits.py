@@ -133,6 +133,8 @@ def test_json_depth_and_surrogates():
         ({"prompt": "x" * 200_001}, "prompt"),
         ({"prompt": ["x"] * 33}, "prompt"),
         ({"prompt": list(range(40_000))}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["a", []]}, "prompt"),
     ],
 )  # fmt: skip
 def test_text_limits_name_the_field(body, param):
