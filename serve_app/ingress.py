@@ -34,11 +34,20 @@ async def _any_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _error(exc: BaseException) -> JSONResponse:
+    status, body = _status_body(exc)
+    return JSONResponse(body, status_code=status)
+
+
+def _status_body(exc: BaseException) -> tuple[int, dict]:
     exc = getattr(exc, "cause", None) or exc  # unwrap RayTaskError from a deployment
     status, body = errors.to_http(exc)
     if status >= 500:
         logger.error("request failed: %r", exc)
-    return JSONResponse(body, status_code=status)
+    return status, body
+
+
+# What ``Ingress.call`` serves: the non-streamed OpenAI routes, by URL.
+_CALL_URLS = ("/v1/completions", "/v1/chat/completions", "/v1/images/generations")
 
 
 # NOTE: helpers are defined before the class: @serve.ingress serialises the app (and what its
@@ -155,9 +164,7 @@ class Ingress:
 
     async def _text(self, kind: str, request: Request) -> Response:
         body = await self._json(request)
-        base, spec = await self._resolve(body.get("model"), "text")
-        handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
-        spec_dict = spec.model_dump(mode="json") if spec else None
+        handle, spec_dict = await self._text_target(body)
         if body.get("stream") is not True:
             return JSONResponse(await handle.complete.remote(kind, body, spec_dict))
         gen = handle.options(stream=True).generate.remote(kind, body, spec_dict)
@@ -166,11 +173,19 @@ class Ingress:
             return JSONResponse(first)
         return StreamingResponse(_sse(gen), media_type="text/event-stream")
 
+    async def _text_target(self, body: dict[str, Any]) -> tuple[Any, dict | None]:
+        """The LLM handle (pinned to the adapter) and the adapter spec for a text body."""
+        base, spec = await self._resolve(body.get("model"), "text")
+        handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
+        return handle, spec.model_dump(mode="json") if spec else None
+
     @app.post("/v1/images/generations")
     async def images(self, request: Request) -> Response:
+        return JSONResponse(await self._image(await self._json(request)))
+
+    async def _image(self, body: dict[str, Any]) -> dict[str, Any]:
         from serve_app.image_api import adapter_mix, parse_image_request
 
-        body = await self._json(request)
         base, spec = await self._resolve(body.get("model") or self._default_image(), "image")
         req = _validated(lambda: parse_image_request(body, self.image_cfgs[base]))
         adapters = self.catalog["bases"][base]["adapters"]
@@ -181,12 +196,51 @@ class Ingress:
             mix.append({"spec": adapters[name], "weight": weight})
         mid = ",".join(sorted(m["spec"]["name"] for m in mix))
         handle = self.images[base].options(multiplexed_model_id=mid)
-        return JSONResponse(await handle.generate.remote(req.model_dump(mode="json"), mix))
+        return await handle.generate.remote(req.model_dump(mode="json"), mix)
 
     def _default_image(self) -> str:
         if len(self.image_cfgs) == 1:
             return next(iter(self.image_cfgs))
         raise errors.InvalidRequestError("'model' is required", param="model")
+
+    # ---- without HTTP: batch jobs (serve_app/jobs) ---------------------------------------------
+
+    async def call(self, url: str, body: Any, api_key: str | None = None) -> tuple[int, dict]:
+        """Answer one non-streamed OpenAI request as its HTTP route would: same body checks,
+        model resolution, handles and error table; returns (status, response or error body)
+        and never raises for a bad request. ``stream: true`` is refused (400). ``api_key`` is
+        the caller's key, as HTTP's bearer token (not checked yet: the API has no keys).
+        """
+        try:
+            if url not in _CALL_URLS:
+                raise errors.InvalidRequestError(
+                    f"url {url!r} is not served here; use one of {', '.join(_CALL_URLS)}", "url"
+                )
+            body = self._body(json.dumps(body).encode())
+            if body.get("stream") is True:
+                raise errors.InvalidRequestError("'stream' is not supported here", "stream")
+            if url == "/v1/images/generations":
+                return 200, await self._image(body)
+            handle, spec = await self._text_target(body)
+            kind = "chat" if url == "/v1/chat/completions" else "completions"
+            return 200, await handle.complete.remote(kind, body, spec)
+        except Exception as exc:
+            return _status_body(exc)
+
+    async def capacity(self) -> dict[str, dict[str, Any]]:
+        """Per base: kind, adapter names, and the requests its replicas accept at once
+        (``max_ongoing_requests`` x replicas; autoscaling: x max(min_replicas, 1))."""
+        bases = await self._bases()
+        out = {}
+        for m in [*self.cfg.llm, *self.cfg.image]:
+            d = m.deployment
+            n = d.num_replicas or max(int((d.autoscaling_config or {}).get("min_replicas", 1)), 1)
+            out[m.name] = {
+                "kind": bases[m.name]["kind"],
+                "adapters": sorted(bases[m.name]["adapters"]),
+                "slots": d.max_ongoing_requests * n,
+            }
+        return out
 
     # ---- admin API -------------------------------------------------------------------------
 
@@ -272,7 +326,9 @@ class Ingress:
             )
 
     async def _json(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
+        return self._body(await request.body())
+
+    def _body(self, raw: bytes) -> dict[str, Any]:
         if len(raw) > self.cfg.max_request_bytes:
             raise errors.BodyTooLargeError(
                 f"request body is {len(raw)} bytes; the limit is {self.cfg.max_request_bytes}"
