@@ -1,46 +1,16 @@
-"""Errors of requests, and the one table that maps every domain error to an HTTP status and an
-OpenAI-style error body. No FastAPI here: the ingress turns (status, body) into a response.
+"""The one table that maps every domain error to an HTTP status and an OpenAI-style error body.
+No FastAPI here: the ingress turns (status, body) into a response. The errors themselves live in
+``adapters.errors`` and ``serve_app.request_errors``.
 """
 
-from pydantic import ValidationError
-
 from adapters import errors as ae
-
-
-class InvalidRequestError(Exception):
-    """A request field is missing, malformed or outside a configured limit."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message, param)
-        self.message = message
-        self.param = param
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def invalid_field(e: "ValidationError") -> InvalidRequestError:
-    """A pydantic ValidationError as the request error that names its first bad field."""
-    err = e.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or None
-    return InvalidRequestError(f"invalid field '{field}': {err['msg']}", param=field)
-
-
-class RequestTooLargeError(InvalidRequestError):
-    """The request body or prompt exceeds a configured or model limit."""
-
-
-class BodyTooLargeError(InvalidRequestError):
-    """The HTTP request body exceeds ``max_request_bytes``."""
-
-
-class UnauthorizedError(Exception):
-    """Admin API called without the right bearer token."""
-
-
-class EngineError(Exception):
-    """The engine failed on a valid request (a bug or a resource problem, not the user's input)."""
-
+from serve_app.request_errors import (
+    BodyTooLargeError,
+    EngineError,
+    InvalidRequestError,
+    RequestTooLargeError,
+    UnauthorizedError,
+)
 
 # Most specific classes first: the first isinstance match wins.
 _TABLE: list[tuple[type[BaseException], int, str]] = [
