@@ -4,8 +4,6 @@ every good line answers as the same request over HTTP does, bad lines get the HT
 codes, a re-run resumes, and a job stopped halfway then re-run answers every line exactly once.
 """
 
-import base64
-import io
 import json
 import os
 import subprocess
@@ -13,9 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from tests.e2e.conftest import BASE, CLUSTER
 from tests.e2e.image_config import IMAGE_BASE
@@ -156,10 +152,6 @@ def _same_text(batch: dict, http: dict) -> None:
     assert batch["model"] == http["model"]
 
 
-def _px(b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), np.int16)
-
-
 @pytest.fixture(scope="module")
 def first_run(app_url, demo_assets, tmp_path_factory):
     if "image" not in demo_assets:
@@ -167,7 +159,10 @@ def first_run(app_url, demo_assets, tmp_path_factory):
     d = tmp_path_factory.mktemp("batch")
     inp, out = d / "in.jsonl", d / "out.jsonl"
     good = _write_input(inp)
-    proc = _submit(inp, out)
+    # NOTE: one request at a time, as the HTTP reference runs: vLLM's batched float math on a
+    # random tiny model can flip a near-tied argmax, so concurrent and solo runs may differ by
+    # a token; grouping and concurrency are exercised by the stopped-job test and the benchmark.
+    proc = _submit(inp, out, "--concurrency", "1")
     return good, inp, out, proc
 
 
@@ -181,10 +176,7 @@ def test_good_lines_answer_as_http_does(first_run, http):
         assert want.status_code == 200, want.text
         body, ref = got["response"]["body"], want.json()
         if line["url"] == "/v1/images/generations":
-            for b, h in zip(body["data"], ref["data"], strict=True):
-                # NOTE: the image deployment batches same-adapter requests (max_batch); a batched
-                # image may differ from a solo one by float noise, not by content.
-                assert np.abs(_px(b["b64_json"]) - _px(h["b64_json"])).mean() < 1.0
+            assert [d["b64_json"] for d in body["data"]] == [d["b64_json"] for d in ref["data"]]
         else:
             _same_text(body, ref)
 
@@ -211,7 +203,7 @@ def test_rerun_resumes_without_redoing_work(first_run):
     good, inp, out, _ = first_run
     before = out.read_text()
     n = len(before.splitlines())
-    proc = _submit(inp, out)
+    proc = _submit(inp, out, "--concurrency", "1")
     assert out.read_text() == before  # nothing redone, nothing appended
     assert f"{n} already answered" in proc.stdout, proc.stdout
 
