@@ -57,6 +57,7 @@ def ray_data(rows: list[dict], base: str, adapters: dict[str, str], engine: dict
             },  # fmt: skip
             dynamic_lora_loading_path=root.pop(),
             placement_group_config={"bundles": [{"CPU": 1}]},
+            chat_template_stage=False,  # rows are plain completions prompts
             concurrency=1,
             batch_size=64,
         )
