@@ -1,6 +1,11 @@
 """The offline baselines, each in its own process (``python -m benchmarks.batch.offline``):
 vLLM's ``LLM.generate`` with ``LoRARequest``s, and Ray Data's ``build_processor``. Reads the
-batch file, prints one JSON line of figures (or the exception that stopped it)."""
+batch file, prints one JSON line of figures (or the exception that stopped it).
+
+Measured with Ray 2.60 on the CPU build: Ray Data's vLLM stage starts, then refuses the adapters:
+``dynamic_lora_loading_path`` must be an s3://, gs://, abfss:// or azure:// URI (CloudMirrorConfig),
+and without it a row's ``model`` is taken as a Hugging Face id (no hub here).
+"""
 
 import argparse
 import json
