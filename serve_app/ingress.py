@@ -58,6 +58,11 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 
 def _error(exc: BaseException, admin: bool = False) -> JSONResponse:
+    status, body = _status_body(exc, admin)
+    return JSONResponse(body, status_code=status, headers=errors.headers(status, _unwrap(exc)))
+
+
+def _status_body(exc: BaseException, admin: bool = False) -> tuple[int, dict]:
     exc = _unwrap(exc)
     shown = exc if admin else errors.for_caller(exc)
     if shown is not exc:
@@ -65,7 +70,7 @@ def _error(exc: BaseException, admin: bool = False) -> JSONResponse:
     status, body = errors.to_http(shown)
     if status >= 500:
         logger.error("request failed: %r", exc)
-    return JSONResponse(body, status_code=status, headers=errors.headers(status, exc))
+    return status, body
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -143,6 +148,9 @@ def _host_name(host: str) -> str:
 
 
 app.add_middleware(_Guard)
+
+# What ``Ingress.call`` serves: the non-streamed OpenAI routes, by URL.
+_CALL_URLS = ("/v1/completions", "/v1/chat/completions", "/v1/images/generations")
 
 
 # NOTE: helpers are defined before the class: @serve.ingress serialises the app (and what its
@@ -329,10 +337,7 @@ class Ingress:
         streaming = False
         try:
             body = await self._json(request)
-            base, spec = await self._resolve(body.get("model"), "text", caller)
-            limits.check_text_request(kind, body, self.cfg.limits)
-            handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
-            spec_dict = spec.model_dump(mode="json") if spec else None
+            handle, spec_dict = await self._text_target(kind, body, caller)
             for attempt in (1, 2):  # NOTE: once more on another replica if ours died first
                 try:
                     if body.get("stream") is not True:
@@ -357,16 +362,25 @@ class Ingress:
             if not streaming:
                 self.in_flight.release(caller.name)
 
+    async def _text_target(
+        self, kind: str, body: dict[str, Any], caller: auth.Caller
+    ) -> tuple[Any, dict | None]:
+        """The LLM handle (pinned to the adapter) and the adapter spec for a text body, after
+        the caller's scope and the server's limits."""
+        base, spec = await self._resolve(body.get("model"), "text", caller)
+        limits.check_text_request(kind, body, self.cfg.limits)
+        handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
+        return handle, spec.model_dump(mode="json") if spec else None
+
     @app.post("/v1/images/generations", openapi_extra=BODIES["images"])
     async def images(self, request: Request) -> Response:
         caller = self._caller(request)
         with self.in_flight.hold(caller.name):
-            return await self._image(caller, request)
+            return JSONResponse(await self._image(await self._json(request), caller))
 
-    async def _image(self, caller: auth.Caller, request: Request) -> Response:
+    async def _image(self, body: dict[str, Any], caller: auth.Caller) -> dict[str, Any]:
         from serve_app.image_api import adapter_mix, parse_image_request
 
-        body = await self._json(request)
         base, spec = await self._resolve(
             body.get("model") or self._default_image(), "image", caller
         )
@@ -379,7 +393,7 @@ class Ingress:
             mix.append({"spec": spec_json, "weight": weight})
         mid = ",".join(sorted(m["spec"]["name"] for m in mix))
         handle = self.images[base].options(multiplexed_model_id=mid)
-        return JSONResponse(await handle.generate.remote(req.job(), mix))
+        return await handle.generate.remote(req.job(), mix)
 
     def _caller(self, request: Request) -> auth.Caller:
         return self.authorize(auth.bearer(request.headers.get("authorization")))
@@ -394,6 +408,46 @@ class Ingress:
         if len(self.image_cfgs) == 1:
             return next(iter(self.image_cfgs))
         raise InvalidRequestError("'model' is required", param="model")
+
+    # ---- without HTTP: batch jobs (serve_app/jobs) ---------------------------------------------
+
+    async def call(self, url: str, body: Any, api_key: str | None = None) -> tuple[int, dict]:
+        """Answer one non-streamed OpenAI request as its HTTP route would: same body checks,
+        model resolution, handles and error table; returns (status, response or error body)
+        and never raises for a bad request. ``stream: true`` is refused (400). ``api_key`` is
+        the caller's key, as HTTP's bearer token: checked and scoped the same way.
+        """
+        try:
+            caller = self.authorize(api_key)
+            if url not in _CALL_URLS:
+                raise InvalidRequestError(
+                    f"url {url!r} is not served here; use one of {', '.join(_CALL_URLS)}", "url"
+                )
+            body = self._body(json.dumps(body).encode())
+            if body.get("stream") is True:
+                raise InvalidRequestError("'stream' is not supported here", "stream")
+            if url == "/v1/images/generations":
+                return 200, await self._image(body, caller)
+            kind = "chat" if url == "/v1/chat/completions" else "completions"
+            handle, spec = await self._text_target(kind, body, caller)
+            return 200, await handle.complete.remote(kind, body, spec)
+        except Exception as exc:
+            return _status_body(exc)
+
+    async def capacity(self) -> dict[str, dict[str, Any]]:
+        """Per base: kind, adapter names, and the requests its replicas accept at once
+        (``max_ongoing_requests`` x replicas; autoscaling: x max(min_replicas, 1))."""
+        catalog = await self._bases()
+        out = {}
+        for m in [*self.cfg.llm, *self.cfg.image]:
+            d = m.deployment
+            n = d.num_replicas or max(int((d.autoscaling_config or {}).get("min_replicas", 1)), 1)
+            out[m.name] = {
+                "kind": catalog.base(m.name).kind.value,
+                "adapters": sorted(catalog.adapters(m.name)),
+                "slots": d.max_ongoing_requests * n,
+            }
+        return out
 
     # ---- admin API -------------------------------------------------------------------------
 
@@ -488,6 +542,14 @@ class Ingress:
                 f"Content-Type must be application/json, not {media or 'missing'!r}"
             )
         raw = await _read_body(request, self.cfg.max_request_bytes, self.cfg.limits.body_timeout_s)
+        return self._body(raw)
+
+    def _body(self, raw: bytes) -> dict[str, Any]:
+        """A body's JSON object: size (413), JSON (400), an object, within the depth limit."""
+        if len(raw) > self.cfg.max_request_bytes:
+            raise BodyTooLargeError(
+                f"request body is {len(raw)} bytes; the limit is {self.cfg.max_request_bytes}"
+            )
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
