@@ -105,3 +105,16 @@ async def test_hostile_bodies(keyed, kw, status, says):
     async with keyed.client(KEY_ALL) as c:
         resp = await c.post(route, **kw)
     assert says in _err(resp, status)["message"]
+
+
+async def test_batch_calls_check_the_key_like_http(keyed):
+    body = {"model": "tiny:sql", "prompt": "x"}
+    assert (await keyed.obj.call("/v1/completions", body, None))[0] == 401
+    assert (await keyed.obj.call("/v1/completions", body, "wrong"))[0] == 401
+    hidden = await keyed.obj.call("/v1/completions", body, KEY_A)  # tenant A: pics only
+    missing = await keyed.obj.call("/v1/completions", {**body, "model": "tiny:nope"}, KEY_A)
+    assert hidden[0] == missing[0] == 404
+    assert str(hidden[1]).replace("sql", "?") == str(missing[1]).replace("nope", "?")
+    status, answer = await keyed.obj.call("/v1/completions", body, KEY_ALL)
+    assert status == 200 and answer["adapter"] == "sql"
+    assert (await keyed.obj.call("/v1/completions", {**body, "n": 99}, KEY_ALL))[0] == 400
