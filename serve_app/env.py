@@ -20,3 +20,8 @@ def admin_token() -> str | None:
 def demo_dir() -> str:
     """Where ``python -m serve_app.demo`` writes the demo assets."""
     return get("DEMO_DIR", ".demo")
+
+
+def cache_dir() -> str:
+    """Downloads kept across demo rebuilds (e.g. the SmolLM2 wheel); default ~/.cache/loraserve."""
+    return get("CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "loraserve"))
