@@ -142,6 +142,14 @@ class Ingress:
 
     # ---- OpenAI API ------------------------------------------------------------------------
 
+    @app.get("/playground", include_in_schema=False)
+    async def playground(self) -> Response:
+        """The playground page (serve_app/static/playground.html): chat, compare, images."""
+        from importlib.resources import files
+
+        page = (files("serve_app") / "static" / "playground.html").read_text(encoding="utf-8")
+        return Response(page, media_type="text/html")
+
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         bases = await self._bases()
