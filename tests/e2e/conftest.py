@@ -66,7 +66,7 @@ def app_config(assets: dict) -> dict:
 
 
 @pytest.fixture(scope="package")
-def app_url(demo_assets: dict) -> str:
+def app_url(demo_assets: dict, tmp_path_factory) -> str:
     """Start the app on a free port; yield its base URL; shut Ray down after this folder."""
     import ray
     from ray import serve
@@ -78,7 +78,8 @@ def app_url(demo_assets: dict) -> str:
     port = _free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(app_config(demo_assets)), name="loraserve", route_prefix="/")
+    cfg = {**app_config(demo_assets), "state_dir": str(tmp_path_factory.mktemp("state"))}
+    serve.run(build_app(cfg), name="loraserve", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url)
     yield url
