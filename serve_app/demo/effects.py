@@ -10,7 +10,8 @@ import re
 
 PIRATE_WORDS = {"arr", "matey", "mateys", "ahoy", "ye", "yer", "aye", "hearty", "savvy", "yo"}
 FRENCH_WORDS = {
-    "le", "la", "les", "des", "une", "est", "et", "du", "pour", "dans", "avec", "qui", "sont",
+    "le", "la", "les", "des", "un", "une", "de", "en", "est", "et", "du", "pour", "dans", "avec",
+    "qui", "sont",
     "au", "aux", "sur", "leur", "leurs", "par", "ce", "cette", "il", "elle", "nous", "vous",
 }  # fmt: skip
 ENGLISH_WORDS = {"the", "and", "is", "are", "of", "to", "with", "for", "that", "this", "it"}
