@@ -47,6 +47,12 @@ class VLLMEngine:
         self.name = name
         self.model = model
         self.base_aliases = tuple(base_aliases)
+        # vLLM CPU's torch LoRA ops pick each token's adapter weights by slot index, and a base
+        # token's index is -1: Python indexing makes that the LAST slot, so in a batch that mixes
+        # base and adapter requests the base requests got the adapter in the last slot (seen on
+        # SmolLM2, tests/real). One slot more than adapters can be resident (our pool bounds them
+        # by max_cpu_loras) keeps the last slot empty, i.e. zeros.
+        slots = max(max_loras, max_cpu_loras or max_loras) + 1
         argv = [
             "--model",
             model,
@@ -54,9 +60,9 @@ class VLLMEngine:
             name,
             "--enable-lora",
             "--max-loras",
-            str(max_loras),
+            str(slots),
             "--max-cpu-loras",
-            str(max_cpu_loras or max_loras),
+            str(slots),
             "--max-lora-rank",
             str(max_lora_rank),
             "--dtype",

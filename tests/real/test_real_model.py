@@ -1,7 +1,8 @@
 """The real demo model: SmolLM2-135M-Instruct served by vLLM (CPU) with the committed demo adapters.
 
 One vLLM engine (the project's VLLMEngine, as a replica runs it) answers the held-out prompts for
-the base and every demo adapter, all in one concurrent batch. Checked:
+the base and every demo adapter, all at once, so vLLM batches base and adapter requests together
+(a mixed batch once gave base requests the adapter in vLLM's last LoRA slot). Checked:
 
 - vLLM's greedy output equals Transformers + PEFT's on the same adapter: every served token is the
   reference's best next token (teacher-forced over the served sequence), or within 1e-4 of it.
