@@ -193,7 +193,8 @@ def _rss() -> dict[str, int]:
         except (OSError, ValueError, IndexError):
             continue
         if "ServeReplica:" in title or "EngineCore" in title or "ProxyActor" in title:
-            name = title.removeprefix("ray::")
+            # NOTE: Ray appends the running method to a replica's title (".handle_request...")
+            name = title.removeprefix("ray::").split(".", 1)[0]
             while name in out:
                 name += "+"
             out[name] = rss
