@@ -1,7 +1,8 @@
 """``python -m serve_app.demo.train``: train the demo text adapters for SmolLM2-135M-Instruct with
 PEFT and write them to ``serve_app/demo/adapters/<name>`` (standard PEFT folders; committed, so
 ``make run`` does not train). Deterministic: fixed seeds, fixed data (serve_app.demo.train_data),
-fixed order; on the same machine and thread count a rerun writes the same numbers.
+fixed order (a rerun on the same machine and thread count should write the same numbers; CPU
+threading can change the last bits elsewhere). All four take ~200 s on 2 shared cores.
 
 Each adapter learns one behaviour a person notices (answers as a pirate, in French, as SQL, in one
 short sentence) with its own rank and target modules. Loss is on the answer tokens only, and the
