@@ -79,7 +79,7 @@ class ImageDeployment(WorkingSetMethods):
             registry=registry,
             pinned=[self._spec(a.model_dump()) for a in self.cfg.adapters if a.pinned],
         )
-        self.pool, self.residency = ws.pool, ws.residency
+        self.pool, self.residency, self.metrics = ws.pool, ws.residency, ws.metrics
 
     def _spec(self, spec: dict) -> AdapterSpec:
         s = AdapterSpec.model_validate(spec)
@@ -112,7 +112,8 @@ class ImageDeployment(WorkingSetMethods):
                 "adapters",
             )
         width, height = req.dimensions()
-        with self.residency.request(*(spec.name for spec, _ in mix)):
+        names = [spec.name for spec, _ in mix]
+        with self.residency.request(*names), self._metered(*names) as metered:
             async with AsyncExitStack() as held:
                 # NOTE: a fixed order, so two mixes never each hold half of what the other needs.
                 for spec, _ in sorted(mix, key=lambda m: m[0].name):
@@ -128,6 +129,7 @@ class ImageDeployment(WorkingSetMethods):
                     negative_prompt=req.negative_prompt,
                     seed=req.seed,
                 )
+                metered.images = len(pngs)
         return {
             "created": int(time.time()),
             "data": [{"b64_json": base64.b64encode(p).decode()} for p in pngs],

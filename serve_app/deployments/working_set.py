@@ -12,6 +12,7 @@ from adapters.pool import AdapterPool
 from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
 from serve_app.config import SourceOptions
+from serve_app.deployments.metrics import ReplicaMetrics
 from serve_app.deployments.registry_sync import RegistryFollower
 from serve_app.deployments.residency import ResidencyReporter
 
@@ -33,6 +34,7 @@ class WorkingSet:
     pool: AdapterPool
     residency: ResidencyReporter
     follower: RegistryFollower | None
+    metrics: ReplicaMetrics
 
     @classmethod
     async def start(
@@ -50,6 +52,12 @@ class WorkingSet:
     ) -> "WorkingSet":
         """Build the pool, then pin the config's pinned adapters (loading them now)."""
         residency = ResidencyReporter()
+        metrics = ReplicaMetrics()
+
+        def on_event(name: str, state: Any, info: dict) -> None:
+            residency.on_pool_event(name, state, info)
+            metrics.on_pool_event(name, state, info)
+
         pool = AdapterPool(
             prepare=prepare,
             load=load,
@@ -57,14 +65,15 @@ class WorkingSet:
             max_count=max_count,
             max_bytes=max_bytes,
             policy=policy,
-            on_event=residency.on_pool_event,
+            on_event=on_event,
             name=base,
         )
         residency.bind(pool)
+        metrics.bind(pool)
         follower = RegistryFollower(registry, base, pool) if registry else None
         for spec in pinned:
             await pool.pin(spec)
-        return cls(pool, residency, follower)
+        return cls(pool, residency, follower, metrics)
 
 
 class WorkingSetMethods:
@@ -72,6 +81,13 @@ class WorkingSetMethods:
 
     pool: AdapterPool
     residency: ResidencyReporter
+    metrics: ReplicaMetrics
+
+    def _metered(self, *adapters: str) -> Any:
+        """``metrics.request`` for a request using ``adapters``, hits judged now (on arrival)."""
+        return self.metrics.request(
+            list(adapters), resident=[self.pool.is_resident(a) for a in adapters]
+        )
 
     async def unpin_adapter(self, name: str) -> None:
         await self.pool.unpin(name)

@@ -73,8 +73,14 @@ def app_config(assets: dict) -> dict:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    """Ray's metrics export port of the app's node (Prometheus text at /metrics)."""
+    return _free_port()
+
+
 @pytest.fixture(scope="package")
-def app_url(demo_assets: dict) -> str:
+def app_url(demo_assets: dict, metrics_port: int) -> str:
     """Start the app on a free port; yield its base URL; shut Ray down after this folder."""
     import ray
     from ray import serve
@@ -84,7 +90,13 @@ def app_url(demo_assets: dict) -> str:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     port = _free_port()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},  # scraped by test_metrics.py
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(app_config(demo_assets)), name="loraserve", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
