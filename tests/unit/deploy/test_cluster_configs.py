@@ -88,3 +88,25 @@ def test_rayservice_rejects_a_broken_serve_config() -> None:
     serve_cfg["applications"][0]["args"]["llm"][0]["max_lora"] = 8
     with pytest.raises(ValueError, match="max_lora"):
         _check_serve_config(serve_cfg)
+
+
+def test_grafana_dashboard_queries_only_metrics_we_export() -> None:
+    import json
+    import re
+
+    dash = json.loads((ROOT / "deploy/grafana/loraserve.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {
+        m for e in exprs for m in re.findall(r"ray_(loraserve_\w+?)(?:_total|_bucket|_count)?\{", e)
+    }
+    code = "".join(
+        (ROOT / f).read_text()
+        for f in (
+            "serve_app/deployments/metrics.py",
+            "serve_app/deployments/residency.py",
+            "serve_app/routing/router.py",
+        )
+    )
+    defined = set(re.findall(r'"(loraserve_\w+)"', code))
+    assert used and used <= defined, used - defined
+    assert {"loraserve_requests", "loraserve_cache_hits", "loraserve_routing_decisions"} <= used
