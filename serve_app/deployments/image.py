@@ -80,6 +80,7 @@ class ImageDeployment(WorkingSetMethods):
             pinned=[self._spec(a.model_dump()) for a in self.cfg.adapters if a.pinned],
         )
         self.pool, self.residency, self.metrics = ws.pool, ws.residency, ws.metrics
+        self.pressure = ws.pressure
 
     def _spec(self, spec: dict) -> AdapterSpec:
         s = AdapterSpec.model_validate(spec)

@@ -88,6 +88,7 @@ class LLMDeployment(WorkingSetMethods):
             ],
         )
         self.pool, self.residency, self.metrics = ws.pool, ws.residency, ws.metrics
+        self.pressure = ws.pressure
 
     async def _prepare(self, spec: AdapterSpec) -> ValidatedAdapter:
         path = await self.fetcher.fetch(spec)

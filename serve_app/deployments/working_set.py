@@ -11,6 +11,7 @@ from typing import Any
 from adapters.pool import AdapterPool
 from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
+from serve_app.autoscaling import AdapterPressure
 from serve_app.config import SourceOptions
 from serve_app.deployments.metrics import ReplicaMetrics
 from serve_app.deployments.registry_sync import RegistryFollower
@@ -35,6 +36,7 @@ class WorkingSet:
     residency: ResidencyReporter
     follower: RegistryFollower | None
     metrics: ReplicaMetrics
+    pressure: AdapterPressure
 
     @classmethod
     async def start(
@@ -53,10 +55,12 @@ class WorkingSet:
         """Build the pool, then pin the config's pinned adapters (loading them now)."""
         residency = ResidencyReporter()
         metrics = ReplicaMetrics()
+        pressure = AdapterPressure(slots=max_count)
 
         def on_event(name: str, state: Any, info: dict) -> None:
             residency.on_pool_event(name, state, info)
             metrics.on_pool_event(name, state, info)
+            pressure.on_pool_event(name, state, info)
 
         pool = AdapterPool(
             prepare=prepare,
@@ -73,7 +77,7 @@ class WorkingSet:
         follower = RegistryFollower(registry, base, pool) if registry else None
         for spec in pinned:
             await pool.pin(spec)
-        return cls(pool, residency, follower, metrics)
+        return cls(pool, residency, follower, metrics, pressure)
 
 
 class WorkingSetMethods:
@@ -82,9 +86,11 @@ class WorkingSetMethods:
     pool: AdapterPool
     residency: ResidencyReporter
     metrics: ReplicaMetrics
+    pressure: AdapterPressure
 
     def _metered(self, *adapters: str) -> Any:
         """``metrics.request`` for a request using ``adapters``, hits judged now (on arrival)."""
+        self.pressure.requested(adapters)
         return self.metrics.request(
             list(adapters), resident=[self.pool.is_resident(a) for a in adapters]
         )
@@ -94,6 +100,10 @@ class WorkingSetMethods:
 
     async def evict_adapter(self, name: str) -> bool:
         return await self.pool.evict(name)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve polls this under autoscaling; serve_app.autoscaling's policy reads it."""
+        return self.pressure.stats()
 
     def record_routing_stats(self) -> dict:
         """Serve polls this; routers read it (see residency.routing_stats)."""
