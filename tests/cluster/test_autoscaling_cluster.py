@@ -1,5 +1,5 @@
 """Autoscaling end to end on one machine: Ray's real autoscaler with the fake multi-node provider
-(configs/cluster-local.yaml), the app with Serve autoscaling. Load rises until Serve adds a
+(deploy/cluster-local.yaml), the app with Serve autoscaling. Load rises until Serve adds a
 replica and the autoscaler adds a node for it, then stops until both scale back down; every
 request sent during the episode must be answered.
 
@@ -38,7 +38,7 @@ def _ray_stop() -> None:
 def cluster(demo_assets, tmp_path_factory):
     port = free_port()
     ip = ray.util.get_node_ip_address()  # what the fake provider's worker nodes use
-    cfg = yaml.safe_load((ROOT / "configs/cluster-local.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "deploy/cluster-local.yaml").read_text())
     cfg["provider"]["gcs_address"] = f"{ip}:{port}"
     path = tmp_path_factory.mktemp("autoscaler") / "cluster.yaml"
     path.write_text(json.dumps(cfg))

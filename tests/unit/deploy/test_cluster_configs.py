@@ -42,7 +42,7 @@ def test_cluster_yaml_deploys_a_valid_serve_config() -> None:
 
 
 def test_local_fake_multinode_config_is_complete_and_valid() -> None:
-    cfg = _load("configs/cluster-local.yaml")
+    cfg = _load("deploy/cluster-local.yaml")
     assert cfg["provider"]["type"] == "fake_multinode"
     validate_config(cfg)  # what the autoscaler monitor runs on it (prepare_config needs the
     # example.yaml Ray's wheel lacks, so the file carries every default itself)
@@ -72,9 +72,7 @@ def test_rayservice_serve_config_v2_is_our_serve_config() -> None:
     assert limits["nvidia.com/gpu"] >= 1 and group["minReplicas"] <= group["maxReplicas"]
 
 
-SERVE_CONFIGS = sorted(
-    str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.yaml") if p.stem != "cluster-local"
-)
+SERVE_CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SERVE_CONFIGS)
