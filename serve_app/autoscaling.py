@@ -8,16 +8,17 @@ never scales it out. Each replica reports, over the last ``WINDOW_S`` seconds
 
   load_busy   seconds spent loading adapters per second (0.5: half the time waiting for loads)
   loads_per_s adapter loads per second
-  demanded    distinct adapters requested
+  demanded    distinct adapters requested at least twice (a one-off request misses whatever the
+              fleet's size, so only recurring demand asks for slots)
   slots       working-set capacity (adapters it can hold)
 
 ``desired_replicas`` (pure; the simulator in benchmarks/autoscale runs the same function):
 
   by_requests = ongoing requests / target_ongoing_requests             (Serve's default policy)
   fit         = sum(demanded) / (mean(slots) * FILL)      replicas whose working sets hold what is
-                                                          demanded (routing keeps adapters on few
-                                                          replicas, so the sum approximates the
-                                                          distinct count fleet-wide)
+                                                          demanded (an adapter spilled to several
+                                                          replicas takes a slot on each, so the
+                                                          per-replica sum is the slots wanted)
   by_loads    = current * mean(load_busy) / BUSY_TARGET, at most max(fit, current + 1),
                 only when mean(load_busy) > BUSY_TARGET and loads_per_s > 0
   desired     = max(by_requests, by_loads)
@@ -108,7 +109,7 @@ class AdapterPressure:
         self._clock = clock
         self._start = clock()
         self._loads: deque[tuple[float, float]] = deque()  # (finished at, seconds)
-        self._seen: dict[str, float] = {}  # adapter -> last requested at
+        self._seen: dict[str, tuple[float, float]] = {}  # adapter -> (previous, last) request
 
     def on_pool_event(self, name: str, state: Any, info: dict[str, Any]) -> None:
         if getattr(state, "value", state) == "ready" and "load_s" in info:
@@ -117,7 +118,7 @@ class AdapterPressure:
     def requested(self, adapters: Iterable[str]) -> None:
         now = self._clock()
         for a in adapters:
-            self._seen[a] = now
+            self._seen[a] = (self._seen.get(a, (-1e18, -1e18))[1], now)
 
     def stats(self) -> dict[str, float]:
         now = self._clock()
@@ -125,11 +126,11 @@ class AdapterPressure:
         while self._loads and self._loads[0][0] < cut:
             self._loads.popleft()
         if len(self._seen) > 4 * self.slots + 64:  # keep the map small
-            self._seen = {a: t for a, t in self._seen.items() if t >= cut}
+            self._seen = {a: t for a, t in self._seen.items() if t[1] >= cut}
         span = max(1.0, min(self.window_s, now - self._start))
         return {
             "load_busy": sum(s for _, s in self._loads) / span,
             "loads_per_s": len(self._loads) / span,
-            "demanded": float(sum(1 for t in self._seen.values() if t >= cut)),
+            "demanded": float(sum(1 for prev, _ in self._seen.values() if prev >= cut)),
             "slots": float(self.slots),
         }

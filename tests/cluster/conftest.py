@@ -75,6 +75,7 @@ class Load:
         self.url, self.timeout_s, self.max_tokens = url, timeout_s, max_tokens
         self.clients = clients
         self.events: list[tuple[float, str, int]] = []  # (time, outcome, status)
+        self.errors: Counter = Counter()  # (status, error message) of error replies
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -118,9 +119,12 @@ class Load:
         if r.status_code == 200 and r.json()["choices"][0]["text"] is not None:
             return "answered", 200
         try:
-            ok_error = r.status_code >= 400 and "message" in r.json()["error"]
+            message = r.json()["error"]["message"]
+            ok_error = r.status_code >= 400 and isinstance(message, str)
         except Exception:
-            ok_error = False
+            message, ok_error = r.text[:200], False
+        with self._lock:
+            self.errors[(r.status_code, message[:120])] += 1
         return ("errored" if ok_error else "broken"), r.status_code
 
     def counts(self, since: float = 0.0) -> Counter:

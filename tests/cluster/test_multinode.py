@@ -114,7 +114,8 @@ def test_node_lost_mid_traffic_requests_answered_or_errored_none_lost(cluster):
     total = load.counts()
     print(
         f"before kill {dict(before)}; total {dict(total)}; after replacement "
-        f"{dict(after_replacement)}; replacement took {replaced_at - killed_at:.1f}s"
+        f"{dict(after_replacement)}; replacement took {replaced_at - killed_at:.1f}s; "
+        f"errors {dict(load.errors)}"
     )
     assert before["answered"] > 0 and before["errored"] == 0
     assert len(_replica_nodes()) == 2, "Serve did not replace the lost replica"

@@ -85,7 +85,8 @@ def test_pressure_window_counts_loads_and_distinct_adapters():
     p.on_pool_event("a", "ready", {"load_s": 2.0})
     p.on_pool_event("b", "ready", {"load_s": 3.0})
     p.on_pool_event("b", "evicted", {})
-    assert p.stats() == {"load_busy": 0.5, "loads_per_s": 0.2, "demanded": 2.0, "slots": 4.0}
+    # "a" was asked for twice, "b" once: only "a" is recurring demand.
+    assert p.stats() == {"load_busy": 0.5, "loads_per_s": 0.2, "demanded": 1.0, "slots": 4.0}
     now[0] = 125.0  # the window moved past all of it
     assert p.stats() == {"load_busy": 0.0, "loads_per_s": 0.0, "demanded": 0.0, "slots": 4.0}
 
