@@ -3,6 +3,7 @@ OpenAI-style error body. No FastAPI here: the ingress turns (status, body) into 
 """
 
 from pydantic import ValidationError
+from ray.exceptions import RayActorError
 
 from adapters import errors as ae
 
@@ -58,6 +59,9 @@ _TABLE: list[tuple[type[BaseException], int, str]] = [
     (ae.InvalidAdapterError, 422, "invalid_adapter_error"),
     (ae.AdapterLoadError, 422, "invalid_adapter_error"),
     (EngineError, 500, "server_error"),
+    # The replica serving the request died or became unreachable (its node was lost): Serve
+    # replaces it, so the client may retry.
+    (RayActorError, 503, "service_unavailable"),
 ]
 
 
@@ -65,6 +69,10 @@ def to_http(exc: BaseException) -> tuple[int, dict]:
     """Map an exception to (status, OpenAI-style body). Unknown exceptions become 500."""
     for cls, status, kind in _TABLE:
         if isinstance(exc, cls):
+            if cls is RayActorError:  # its text names actor ids and addresses: not for clients
+                return status, error_body(
+                    "the replica serving this request was lost; retry", kind, status
+                )
             return status, error_body(str(exc), kind, status, getattr(exc, "param", None))
     return 500, error_body(f"internal error: {type(exc).__name__}", "server_error", 500)
 
