@@ -14,17 +14,15 @@ from contextlib import asynccontextmanager
 from enum import StrEnum
 from typing import Any, Protocol
 
+from adapters.adapter_cache import AdapterCache, Policy
 from adapters.errors import AdapterCapacityError, AdapterError, AdapterLoadError
-from adapters.lru import AdapterCache, Policy
 from adapters.spec import AdapterSpec
 
 log = logging.getLogger("adapters.pool")
 
 
 class AdapterState(StrEnum):
-    RESOLVING = "resolving"
-    FETCHING = "fetching"
-    VALIDATING = "validating"
+    RESOLVING = "resolving"  # fetching and validating (``prepare``)
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
@@ -33,8 +31,6 @@ class AdapterState(StrEnum):
 
 _IN_PROGRESS = (
     AdapterState.RESOLVING,
-    AdapterState.FETCHING,
-    AdapterState.VALIDATING,
     AdapterState.LOADING,
 )
 
@@ -48,9 +44,8 @@ class Prepared(Protocol):
 class AdapterPool:
     """Keeps at most ``max_count`` adapters (and ``max_bytes`` of weights) loaded in one engine.
 
-    ``prepare(spec)`` fetches and validates (it may call ``report(spec.name, FETCHING)`` and
-    ``report(spec.name, VALIDATING)`` so those phases are logged); ``load(spec, prepared)`` puts the
-    adapter into the engine; ``unload(name)`` takes it out and returns its memory. ``on_event`` sees
+    ``prepare(spec)`` fetches and validates; ``load(spec, prepared)`` puts the adapter into the
+    engine; ``unload(name)`` takes it out and returns its memory. ``on_event`` sees
     every state transition. Waiting for room is bounded by ``capacity_timeout_s``. Under ``lfu``, a
     load that would evict an adapter requested more often than itself first waits (at most
     ``admission_wait_s``) for a less requested adapter that is in use to be released.
@@ -142,13 +137,6 @@ class AdapterPool:
                 self._start_unload(name, "evict")
             await self._unloaded(name)
             return True
-
-    def report(self, name: str, state: AdapterState, **info: Any) -> None:
-        """Record a transition that happens inside ``prepare`` (FETCHING, VALIDATING)."""
-        self._set(name, state, **info)
-
-    def state(self, name: str) -> AdapterState | None:
-        return self._states.get(name)
 
     def is_resident(self, name: str) -> bool:
         return self._ready(name)

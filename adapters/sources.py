@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from adapters.cache import DiskCache
+from adapters.disk_cache import DiskCache
 from adapters.errors import (
     AdapterError,
     AdapterFetchTimeoutError,

@@ -72,12 +72,13 @@ def run_one(router: str, args, adapters: dict, demo: dict, root: Path) -> dict:
     from ray import serve
 
     from serve_app import build_app
+    from serve_app.routing.serve_internals import serve_log_dir
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    log_dir = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    log_dir = Path(serve_log_dir())
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     cfg = {
         "sources": {"allowed_roots": [str(root)]},

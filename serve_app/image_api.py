@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapters.ids import check_adapter_name
 from serve_app.config import ImageConfig
-from serve_app.errors import InvalidRequestError
+from serve_app.engines.base import ImageJob
+from serve_app.request_errors import InvalidRequestError
 
 WEIGHT_RANGE = (-2.0, 2.0)  # a LoRA scale outside this is almost surely a mistake
 MAX_SEED = 2**31 - 1
@@ -56,10 +57,20 @@ class ImageGenerationRequest(BaseModel):
     guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
-    def dimensions(self) -> tuple[int, int]:
-        """(width, height) of a parsed request (``size`` is filled by ``parse_image_request``)."""
+    def job(self) -> ImageJob:
+        """What the engine runs, from a request ``parse_image_request`` filled (size, steps)."""
         w, h = _SIZE_RE.match(self.size or "").groups()  # type: ignore[union-attr]
-        return int(w), int(h)
+        assert self.num_inference_steps is not None
+        return ImageJob(
+            prompt=self.prompt,
+            n=self.n,
+            width=int(w),
+            height=int(h),
+            steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            negative_prompt=self.negative_prompt,
+            seed=self.seed,
+        )
 
 
 def parse_image_request(body: dict, cfg: ImageConfig) -> ImageGenerationRequest:

@@ -22,6 +22,12 @@ from adapters.spec import AdapterKind, AdapterSpec
 from serve_app import errors
 from serve_app.config import AppConfig
 from serve_app.deployments.logs import to_replica_log
+from serve_app.request_errors import (
+    BodyTooLargeError,
+    InvalidRequestError,
+    UnauthorizedError,
+    invalid_field,
+)
 
 logger = logging.getLogger("serve_app.ingress")
 CATALOG_REFRESH_S = 0.5
@@ -60,7 +66,7 @@ def _validated(build: Any) -> Any:
     try:
         return build()
     except ValidationError as e:
-        raise errors.invalid_field(e) from None
+        raise invalid_field(e) from None
 
 
 async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -123,12 +129,12 @@ class Ingress:
 
     async def _resolve(self, model: Any, kind: str) -> tuple[str, AdapterSpec | None]:
         if not isinstance(model, str):
-            raise errors.InvalidRequestError("'model' must be a string", param="model")
+            raise InvalidRequestError("'model' must be a string", param="model")
         mid = await self._lookup(model)
         bases = self.catalog["bases"]
         if bases[mid.base]["kind"] != kind:
             route = "/v1/images/generations" if kind == "text" else "/v1/completions"
-            raise errors.InvalidRequestError(
+            raise InvalidRequestError(
                 f"model '{mid.base}' is not a {kind} model; use {route}", param="model"
             )
         spec = bases[mid.base]["adapters"][mid.adapter] if mid.adapter else None
@@ -181,12 +187,12 @@ class Ingress:
             mix.append({"spec": adapters[name], "weight": weight})
         mid = ",".join(sorted(m["spec"]["name"] for m in mix))
         handle = self.images[base].options(multiplexed_model_id=mid)
-        return JSONResponse(await handle.generate.remote(req.model_dump(mode="json"), mix))
+        return JSONResponse(await handle.generate.remote(req.job(), mix))
 
     def _default_image(self) -> str:
         if len(self.image_cfgs) == 1:
             return next(iter(self.image_cfgs))
-        raise errors.InvalidRequestError("'model' is required", param="model")
+        raise InvalidRequestError("'model' is required", param="model")
 
     # ---- admin API -------------------------------------------------------------------------
 
@@ -247,7 +253,7 @@ class Ingress:
         mid = await self._lookup(name)
         bases = self.catalog["bases"]
         if mid.adapter is None:
-            raise errors.InvalidRequestError(f"'{name}' is a base model, not an adapter")
+            raise InvalidRequestError(f"'{name}' is a base model, not an adapter")
         return mid.base, AdapterSpec.model_validate(bases[mid.base]["adapters"][mid.adapter])
 
     async def _replica_states(self) -> dict[str, dict[str, dict[str, str]]]:
@@ -265,7 +271,7 @@ class Ingress:
         token = self.cfg.admin_token
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not token or not hmac.compare_digest(given.encode(), token.encode()):
-            raise errors.UnauthorizedError(
+            raise UnauthorizedError(
                 "admin API: missing or wrong bearer token"
                 if token
                 else "admin API is disabled: set admin_token (or LORASERVE_ADMIN_TOKEN)"
@@ -274,13 +280,13 @@ class Ingress:
     async def _json(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
         if len(raw) > self.cfg.max_request_bytes:
-            raise errors.BodyTooLargeError(
+            raise BodyTooLargeError(
                 f"request body is {len(raw)} bytes; the limit is {self.cfg.max_request_bytes}"
             )
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise errors.InvalidRequestError(f"request body is not valid JSON: {e}") from None
+            raise InvalidRequestError(f"request body is not valid JSON: {e}") from None
         if not isinstance(body, dict):
-            raise errors.InvalidRequestError("request body must be a JSON object")
+            raise InvalidRequestError("request body must be a JSON object")
         return body

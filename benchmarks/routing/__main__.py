@@ -1,7 +1,7 @@
 """``python -m benchmarks.routing``: our router vs Ray Serve's built-in multiplexing vs pow2.
 
 One command, one run, the same seeded traces for every router, on real Ray Serve with simulated
-replicas (benchmarks/routing/replicas.py). Default size (about 8 minutes on 2 cores): 3 replicas
+replicas (serve_app/routing/simulated.py). Default size (about 8 minutes on 2 cores): 3 replicas
 x 2 adapter slots, each serving at most 2 requests at once and accepting 4 (the "hot-2" trace: 2),
 0.2 s adapter load, 0.02 s service, 800 requests per trace (as issue 5 measured) from 8
 closed-loop clients; adapters = 4 x total slots.

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, replace
 import ray
 from ray import serve
 
-from benchmarks.routing.replicas import MuxReplica, PoolReplica
 from benchmarks.routing.traces import Trace, belady_loads, standard_traces
 from serve_app.routing.router import request_router_config
+from serve_app.routing.simulated import MuxReplica, PoolReplica
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Discrete-event simulation of adapter routing at fleet scale, driving the real policy code.
 
 Each replica serves at most ``k`` requests at once (a GPU batch) and accepts at most
-``max_ongoing``; its working set is ``adapters.lru.AdapterCache`` (lru or lfu), the same structure
-the real pool uses. A request holds a service slot for the adapter load (``load_t``, if missing)
-plus ``service_t``. Requests arrive as a Poisson stream at ``util`` x the fleet's service
-capacity, or are sent by ``clients`` closed-loop clients. Routers:
+``max_ongoing``; its working set is ``adapters.adapter_cache.AdapterCache`` (lru or lfu), the
+same structure the real pool uses. A request holds a service slot for the adapter load
+(``load_t``, if missing) plus ``service_t``. Requests arrive as a Poisson stream at ``util`` x
+the fleet's service capacity, or are sent by ``clients`` closed-loop clients. Routers:
 
 - ``ours``: ``serve_app.routing.policy.Fleet.decide``, replica state updated on every event (a
   router that sees every push at once), tried in preference order.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adapters.lru import AdapterCache
+from adapters.adapter_cache import AdapterCache
 from serve_app.routing.policy import Fleet, Knobs, ReplicaView, RequestView
 
 RETRY_S = 0.05  # router backoff while no replica is acceptable

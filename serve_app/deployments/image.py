@@ -9,8 +9,8 @@ of their mix joined by "," ("" for the base model); residency is published for t
 import asyncio
 import base64
 import logging
-import os
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +23,8 @@ from adapters.validate import ValidationRules, validate_weight_file
 from serve_app.config import ImageConfig, SourceOptions
 from serve_app.deployments.logs import to_replica_log
 from serve_app.deployments.working_set import WorkingSet, WorkingSetMethods, make_fetcher
-from serve_app.errors import InvalidRequestError
-from serve_app.image_api import ImageGenerationRequest
+from serve_app.engines.base import ImageEngine, ImageJob
+from serve_app.request_errors import InvalidRequestError
 
 logger = logging.getLogger("serve_app.image")
 
@@ -40,6 +40,14 @@ class ImageLora:
     size_bytes: int
 
 
+def make_engine(cfg: ImageConfig, **options: Any) -> ImageEngine:
+    """The Diffusers engine for ``cfg`` (not started); ``options`` are extra DiffusersEngine
+    arguments (e.g. ``max_batch``). Heavy imports happen here, in the replica."""
+    from serve_app.engines.diffusers_engine import DiffusersEngine
+
+    return DiffusersEngine(cfg.model, dtype=cfg.dtype, **{"max_batch": cfg.max_batch, **options})
+
+
 @serve.deployment
 class ImageDeployment(WorkingSetMethods):
     async def __init__(
@@ -48,10 +56,9 @@ class ImageDeployment(WorkingSetMethods):
         sources: dict,
         registry: Any = None,
         engine_options: dict | None = None,
+        engine_factory: Callable[..., ImageEngine] = make_engine,
     ) -> None:
-        """``engine_options`` are extra DiffusersEngine arguments (e.g. ``max_batch``)."""
-        from serve_app.engines.diffusers_engine import DiffusersEngine  # heavy: torch, diffusers
-
+        """``engine_factory(cfg, **engine_options)`` builds the engine (default: Diffusers)."""
         to_replica_log()
         self.cfg = ImageConfig.model_validate(cfg)
         src = SourceOptions.model_validate(sources)
@@ -62,17 +69,13 @@ class ImageDeployment(WorkingSetMethods):
             check_base_model=src.check_base_model,
         )
         self.fetcher = make_fetcher(src)
-        self.engine = DiffusersEngine(
-            self.cfg.model,
-            dtype=self.cfg.dtype,
-            **{"max_batch": self.cfg.max_batch, **(engine_options or {})},
-        )
+        self.engine = engine_factory(self.cfg, **(engine_options or {}))
         await self.engine.start()
         ws = await WorkingSet.start(
             base=self.cfg.name,
             prepare=self._prepare,
             load=self._load,
-            unload=self.engine.unload_lora,
+            unload=self.engine.unload_adapter,
             max_count=self.cfg.max_adapters,
             max_bytes=self.cfg.max_resident_bytes,
             policy=self.cfg.eviction,
@@ -98,13 +101,12 @@ class ImageDeployment(WorkingSetMethods):
         return ImageLora(path=path, weight_name=spec.weight_name, size_bytes=size)
 
     async def _load(self, spec: AdapterSpec, prepared: ImageLora) -> None:
-        await self.engine.load_lora(spec.name, prepared.path, prepared.weight_name)
+        await self.engine.load_adapter(spec.name, str(prepared.path), prepared.weight_name)
 
-    async def generate(self, request: dict, adapters: list[dict]) -> dict:
-        """One images request: ``request`` is a parsed ImageGenerationRequest dump, ``adapters``
-        the resolved mix ``[{"spec": AdapterSpec dump, "weight": float}]`` (empty: base model).
+    async def generate(self, job: ImageJob, adapters: list[dict]) -> dict:
+        """One images request: ``job`` as the ingress parsed it, ``adapters`` the resolved mix
+        ``[{"spec": AdapterSpec dump, "weight": float}]`` (empty: base model).
         Returns OpenAI's images response with base64 PNGs."""
-        req = ImageGenerationRequest.model_validate(request)
         mix = [(self._spec(a["spec"]), float(a["weight"])) for a in adapters]
         if len(mix) > self.cfg.max_mix:
             raise InvalidRequestError(
@@ -112,7 +114,6 @@ class ImageDeployment(WorkingSetMethods):
                 f"at most {self.cfg.max_mix}",
                 "adapters",
             )
-        width, height = req.dimensions()
         names = [spec.name for spec, _ in mix]
         with self.residency.request(*names), self._metered(*names) as metered:
             async with AsyncExitStack() as held:
@@ -120,15 +121,7 @@ class ImageDeployment(WorkingSetMethods):
                 for spec, _ in sorted(mix, key=lambda m: m[0].name):
                     await held.enter_async_context(self.pool.use(spec))
                 pngs = await self.engine.generate(
-                    req.prompt,
-                    [(spec.name, weight) for spec, weight in mix],
-                    n=req.n,
-                    width=width,
-                    height=height,
-                    steps=req.num_inference_steps or self.cfg.default_steps,
-                    guidance_scale=req.guidance_scale,
-                    negative_prompt=req.negative_prompt,
-                    seed=req.seed,
+                    job, [(spec.name, weight) for spec, weight in mix]
                 )
                 metered.images = len(pngs)
         return {
@@ -141,33 +134,10 @@ class ImageDeployment(WorkingSetMethods):
         delete it): a LoRA for another base is refused here, before registration."""
         s = self._spec(spec)
         prepared = await self._prepare(s)
-        info = await self.engine.check_lora(s.name, prepared.path, prepared.weight_name)
+        info = await self.engine.check_adapter(s.name, str(prepared.path), prepared.weight_name)
         return s.model_copy(
             update={"size_bytes": prepared.size_bytes, "rank": info["rank"] or None}
         ).model_dump(mode="json")
 
     async def pin_adapter(self, spec: dict) -> None:
         await self.pool.pin(self._spec(spec))
-
-    async def adapter_snapshot(self) -> dict:
-        """Our pool's view, the pipeline's own adapter list, engine counters and process RSS."""
-        return {
-            **self.pool.snapshot(),
-            "engine_adapters": self.engine.engine_adapters(),
-            "engine": self.engine.stats(),
-            "replica": serve.get_replica_context().replica_id.unique_id,
-            "pid": os.getpid(),
-            "rss_bytes": _rss_bytes(),
-        }
-
-    async def check_health(self) -> None:
-        self.engine.engine_adapters()
-
-
-def _rss_bytes() -> int:
-    """Resident set size of this process (Linux), 0 where unknown."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

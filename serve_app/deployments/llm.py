@@ -12,7 +12,7 @@ request, so errors surface before the ingress commits to a status code.
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
@@ -22,43 +22,47 @@ from adapters.validate import ValidatedAdapter, ValidationRules, validate_text_l
 from serve_app.config import LLMConfig, SourceOptions
 from serve_app.deployments.logs import to_replica_log
 from serve_app.deployments.working_set import WorkingSet, WorkingSetMethods, make_fetcher
-from serve_app.errors import InvalidRequestError
+from serve_app.engines.base import TextEngine
+from serve_app.request_errors import InvalidRequestError
 
 logger = logging.getLogger("serve_app.llm")
 
 
-def make_engine(cfg: LLMConfig) -> Any:
+def make_engine(cfg: LLMConfig) -> TextEngine:
     """The configured engine (not started). Heavy imports happen here, in the replica."""
+    common = {
+        "name": cfg.name,
+        "model": cfg.model,
+        "tokenizer": cfg.tokenizer,
+        "max_model_len": cfg.max_model_len,
+        "dtype": cfg.dtype,
+        "base_aliases": tuple(cfg.base_aliases),
+    }
     if cfg.engine == "peft":
         from serve_app.engines.peft_engine import PeftEngine
 
-        return PeftEngine(
-            name=cfg.name,
-            model=cfg.model,
-            tokenizer=cfg.tokenizer,
-            max_model_len=cfg.max_model_len,
-            dtype=cfg.dtype,
-            base_aliases=tuple(cfg.base_aliases),
-        )
+        return PeftEngine(**common)
     from serve_app.engines.vllm_engine import VLLMEngine
 
     return VLLMEngine(
-        name=cfg.name,
-        model=cfg.model,
-        tokenizer=cfg.tokenizer,
+        **common,
         max_loras=cfg.max_loras,
         max_cpu_loras=cfg.max_cpu_loras,
         max_lora_rank=cfg.max_lora_rank,
-        max_model_len=cfg.max_model_len,
-        dtype=cfg.dtype,
         engine_kwargs=cfg.engine_kwargs,
-        base_aliases=tuple(cfg.base_aliases),
     )
 
 
 @serve.deployment
 class LLMDeployment(WorkingSetMethods):
-    async def __init__(self, cfg: dict, sources: dict, registry: Any = None) -> None:
+    async def __init__(
+        self,
+        cfg: dict,
+        sources: dict,
+        registry: Any = None,
+        engine_factory: Callable[[LLMConfig], TextEngine] = make_engine,
+    ) -> None:
+        """``engine_factory(cfg)`` builds the engine (default: vLLM or PEFT, by ``cfg.engine``)."""
         # NOTE: before vLLM is imported: its own logging setup (dictConfig) would otherwise
         # disable Serve's replica loggers, and this replica's log would go silent.
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -72,7 +76,7 @@ class LLMDeployment(WorkingSetMethods):
             check_base_model=src.check_base_model,
         )
         self.fetcher = make_fetcher(src)
-        self.engine = make_engine(self.cfg)
+        self.engine = engine_factory(self.cfg)
         await self.engine.start()
         ws = await WorkingSet.start(
             base=self.cfg.name,
@@ -134,19 +138,6 @@ class LLMDeployment(WorkingSetMethods):
 
     async def pin_adapter(self, spec: dict) -> None:
         await self.pool.pin(AdapterSpec.model_validate(spec))
-
-    async def adapter_snapshot(self) -> dict:
-        """Our pool's view, the engine's own adapter list, and engine counters."""
-        return {
-            **self.pool.snapshot(),
-            "engine_adapters": await self.engine.engine_adapters(),
-            "engine": self.engine.stats(),
-            "replica": serve.get_replica_context().replica_id.unique_id,
-            "pid": os.getpid(),
-        }
-
-    async def check_health(self) -> None:
-        await self.engine.engine_adapters()
 
 
 async def _items(result: dict | AsyncIterator[str]) -> AsyncIterator[dict | str | None]:

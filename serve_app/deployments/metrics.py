@@ -12,7 +12,7 @@ per adapter (tag ``adapter``; ``__base__`` for base-model requests):
   loraserve_adapter_evicted.
 per replica (tag ``replica``):
   loraserve_replica_ongoing, loraserve_replica_resident_adapters (gauges); the load / eviction
-  counters of deployments/residency.py; routing decisions are counted by routing/router.py.
+  counters of routing/publisher.py; routing decisions are counted by routing/router.py.
 
 Label cardinality is bounded: each replica process gives its own label to the first
 ``LORASERVE_METRICS_MAX_ADAPTERS`` (default 100) distinct adapters it sees and counts the rest as

@@ -15,7 +15,8 @@ from serve_app.autoscaling import AdapterPressure
 from serve_app.config import SourceOptions
 from serve_app.deployments.metrics import ReplicaMetrics
 from serve_app.deployments.registry_sync import RegistryFollower
-from serve_app.deployments.residency import ResidencyReporter
+from serve_app.engines.base import AdapterEngine
+from serve_app.routing.publisher import ResidencyReporter
 
 
 def make_fetcher(sources: SourceOptions) -> Fetcher:
@@ -81,10 +82,12 @@ class WorkingSet:
 
 
 class WorkingSetMethods:
-    """Deployment methods that only touch the working set (``self.pool``, ``self.residency``)."""
+    """Deployment methods that only touch the working set and the engine's adapter verbs
+    (``self.pool``, ``self.residency``, ``self.engine``)."""
 
     pool: AdapterPool
     residency: ResidencyReporter
+    engine: AdapterEngine
     metrics: ReplicaMetrics
     pressure: AdapterPressure
 
@@ -94,6 +97,22 @@ class WorkingSetMethods:
         return self.metrics.request(
             list(adapters), resident=[self.pool.is_resident(a) for a in adapters]
         )
+
+    async def adapter_snapshot(self) -> dict:
+        """Our pool's view, the engine's own adapter list, engine counters and process RSS."""
+        from ray import serve
+
+        return {
+            **self.pool.snapshot(),
+            "engine_adapters": await self.engine.engine_adapters(),
+            "engine": self.engine.stats(),
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "pid": os.getpid(),
+            "rss_bytes": _rss_bytes(),
+        }
+
+    async def check_health(self) -> None:
+        await self.engine.engine_adapters()
 
     async def unpin_adapter(self, name: str) -> None:
         await self.pool.unpin(name)
@@ -106,5 +125,14 @@ class WorkingSetMethods:
         return self.pressure.stats()
 
     def record_routing_stats(self) -> dict:
-        """Serve polls this; routers read it (see residency.routing_stats)."""
+        """Serve polls this; routers read it (serve_app/routing/stats.py)."""
         return self.residency.record_routing_stats()
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux), 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

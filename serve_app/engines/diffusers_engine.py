@@ -23,7 +23,8 @@ import torch
 from diffusers import DiffusionPipeline
 
 from adapters.errors import AdapterLoadError, InvalidAdapterError
-from serve_app.errors import EngineError
+from serve_app.engines.base import ImageJob
+from serve_app.request_errors import EngineError
 
 log = logging.getLogger("serve_app.diffusers_engine")
 
@@ -52,7 +53,8 @@ class _Job:
 
 
 class DiffusersEngine:
-    """``start()``, then ``load_lora`` / ``unload_lora`` / ``generate`` (see the module doc)."""
+    """An ``engines.base.ImageEngine``: ``start()``, then ``load_adapter`` / ``unload_adapter`` /
+    ``generate`` (see the module doc)."""
 
     def __init__(
         self, model: str, dtype: str = "float32", device: str | None = None, max_batch: int = 8
@@ -82,27 +84,22 @@ class DiffusersEngine:
         )
         return pipe
 
-    def default_size(self) -> int:
-        """The pipeline's native image size (UNet sample size x VAE scale)."""
-        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
-
     # -- adapters ---------------------------------------------------------------------------------
 
-    async def load_lora(self, name: str, path: str | Path, weight_name: str | None) -> dict:
-        """Load a Diffusers/PEFT or Kohya/A1111 LoRA file as adapter ``name``.
-
-        Returns ``{"rank": int, "bytes": int}`` (resident weight bytes). A LoRA that does not fit
-        this pipeline raises InvalidAdapterError and leaves nothing of itself behind.
-        """
+    async def load_adapter(
+        self, name: str, path: str | Path, weight_name: str | None = None
+    ) -> None:
+        """Load a Diffusers/PEFT or Kohya/A1111 LoRA file as adapter ``name``. A LoRA that does
+        not fit this pipeline raises InvalidAdapterError and leaves nothing of itself behind."""
         async with self._lock:
-            return await self._run(self._load_lora, name, _key(name), str(path), weight_name)
+            await self._run(self._load_lora, name, _key(name), str(path), weight_name)
 
-    async def unload_lora(self, name: str) -> int:
-        """Delete adapter ``name`` from every component; returns the bytes it held."""
+    async def unload_adapter(self, name: str) -> None:
+        """Delete adapter ``name`` from every component (its memory comes back)."""
         async with self._lock:
-            return await self._run(self._unload_lora, _key(name))
+            await self._run(self._unload_lora, _key(name))
 
-    async def check_lora(self, name: str, path: str | Path, weight_name: str | None) -> dict:
+    async def check_adapter(self, name: str, path: str | Path, weight_name: str | None) -> dict:
         """Load into the pipeline under a scratch name and delete again: does this LoRA fit?"""
         scratch = f"-check-{_key(name)}"  # adapter names start with a letter or digit
         async with self._lock:
@@ -111,21 +108,18 @@ class DiffusersEngine:
             finally:
                 await self._run(self._unload_lora, scratch)
 
-    def engine_adapters(self) -> list[str]:
+    async def engine_adapters(self) -> list[str]:
         """Adapter names the pipeline itself holds (its own view)."""
-        # NOTE: read from the event loop while the worker thread may be adding or deleting one:
-        # a dict changing under iteration raises; read again.
+        # NOTE: read from the event loop (not behind a generation on the worker thread) while
+        # that thread may be adding or deleting one: a dict changing under iteration raises;
+        # read again.
         for _ in range(10):
             try:
                 keys = {k for ks in self.pipe.get_list_adapters().values() for k in ks}
                 return sorted(_unkey(k) for k in keys)
             except RuntimeError:
-                time.sleep(0.001)
+                await asyncio.sleep(0.001)
         return sorted({_unkey(k) for ks in self.pipe.get_list_adapters().values() for k in ks})
-
-    def adapter_bytes(self, name: str) -> int:
-        """Bytes of LoRA parameters adapter ``name`` holds in the pipeline (0 if none)."""
-        return self._bytes(_key(name))
 
     def _bytes(self, key: str) -> int:
         total = 0
@@ -189,46 +183,37 @@ class DiffusersEngine:
 
     # -- generation -------------------------------------------------------------------------------
 
-    async def generate(
-        self,
-        prompt: str,
-        adapters: list[tuple[str, float]],
-        *,
-        n: int = 1,
-        width: int,
-        height: int,
-        steps: int,
-        guidance_scale: float | None = None,
-        negative_prompt: str | None = None,
-        seed: int | None = None,
-    ) -> list[bytes]:
-        """PNG images for ``prompt`` with the weighted adapter mix (empty = base model).
+    async def generate(self, job: ImageJob, adapters: list[tuple[str, float]]) -> list[bytes]:
+        """PNG images for ``job`` with the weighted adapter mix (empty = base model).
 
         Image ``i`` uses seed ``seed + i`` (random when ``seed`` is None): same seed, same bytes.
         The adapters must stay loaded until this returns (the caller holds them in its pool).
         """
+        n, seed, negative_prompt = job.n, job.seed, job.negative_prompt
         if seed is None:
             seed = random.SystemRandom().randrange(_MAX_SEED - n)
-        gs = None if guidance_scale is None else float(guidance_scale)
-        key = CallKey(tuple(adapters), width, height, steps, gs, negative_prompt is not None)
-        job = _Job(prompt, negative_prompt, [seed + i for i in range(n)], asyncio.Future())
-        self._pending[key].append(job)
+        gs = None if job.guidance_scale is None else float(job.guidance_scale)
+        key = CallKey(
+            tuple(adapters), job.width, job.height, job.steps, gs, negative_prompt is not None
+        )
+        queued = _Job(job.prompt, negative_prompt, [seed + i for i in range(n)], asyncio.Future())
+        self._pending[key].append(queued)
         try:
             # NOTE: whoever gets the lock first runs every job queued under its key (up to
             # max_batch images), so requests that arrive while the pipeline is busy are batched;
             # later waiters find theirs done. The batch runs as its own task: if this request is
             # cancelled, the others in the batch still get their images.
-            while not job.future.done():
+            while not queued.future.done():
                 async with self._lock:
-                    if not job.future.done():
+                    if not queued.future.done():
                         batch = self._take(key)
                         await asyncio.shield(asyncio.ensure_future(self._run_batch(key, batch)))
-            return job.future.result()
+            return queued.future.result()
         finally:
-            if not job.future.done():  # cancelled while queued: never run it
+            if not queued.future.done():  # cancelled while queued: never run it
                 queue = self._pending.get(key, [])
-                if job in queue:
-                    queue.remove(job)
+                if queued in queue:
+                    queue.remove(queued)
 
     def _take(self, key: CallKey) -> list[_Job]:
         queue = self._pending[key]

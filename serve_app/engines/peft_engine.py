@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.errors import AdapterLoadError, UnknownModelError
-from serve_app.errors import RequestTooLargeError, invalid_field
+from serve_app.request_errors import RequestTooLargeError, invalid_field
 
 if TYPE_CHECKING:
     from adapters.validate import BaseModelInfo
@@ -90,7 +90,7 @@ class PeftEngine:
             self._info = text_base_info(self.name, self.model_ref, self.base_aliases)
         return self._info
 
-    async def load_adapter(self, name: str, path: str) -> None:
+    async def load_adapter(self, name: str, path: str, weight_name: str | None = None) -> None:
         def load() -> None:
             with self._lock:
                 try:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from adapters.errors import AdapterLoadError, UnknownModelError
-from serve_app.errors import (
+from serve_app.request_errors import (
     EngineError,
     InvalidRequestError,
     RequestTooLargeError,
@@ -97,7 +97,7 @@ class VLLMEngine:
             self._info = text_base_info(self.name, self.model, self.base_aliases)
         return self._info
 
-    async def load_adapter(self, name: str, path: str) -> None:
+    async def load_adapter(self, name: str, path: str, weight_name: str | None = None) -> None:
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
 
         result = await self._models.load_lora_adapter(

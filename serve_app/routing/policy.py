@@ -154,22 +154,21 @@ class Decision:
     kinds: dict[str, Kind] = field(default_factory=dict)
 
 
-def with_placed(view: ReplicaView, adapters: set[str], in_use: Iterable[str] = ()) -> ReplicaView:
-    """``view`` after ``adapters`` were sent there: loading, using up free slots, then evicting
-    victims not ``in_use`` (which stop counting as resident)."""
+def with_placed(view: ReplicaView, adapters: set[str], evictable: Sequence[str]) -> ReplicaView:
+    """``view`` after ``adapters`` were sent there: they are loading, use up its free slots, then
+    evict adapters from ``evictable`` in order (which stop counting as resident)."""
     new = adapters - view.resident - view.loading
     if not new:
         return view
     free = max(0, view.slots - len(view.resident | view.loading)) if view.slots else len(new)
-    busy = set(in_use)
-    evicted = [v for v in view.victims if v[0] not in busy][: max(0, len(new) - free)]
+    gone = set(evictable[: max(0, len(new) - free)])
     # NOTE: the victims go now, not when the replica reports it: until then a request for one
     # would be sent here as a hit and load it again.
     return replace(
         view,
-        resident=view.resident - {a for a, _ in evicted},
+        resident=view.resident - gone,
         loading=view.loading | new,
-        victims=tuple(v for v in view.victims if v not in evicted),
+        victims=tuple(v for v in view.victims if v[0] not in gone),
     )
 
 
@@ -186,6 +185,11 @@ def _mix(seeds: np.ndarray, h: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
+
+
+def _log2_bucket(x: np.ndarray) -> np.ndarray:
+    """``floor(log2(1 + x))`` clipped to 0..31: which power-of-two bucket each value is in."""
+    return np.clip(np.log2(1.0 + x), 0, 31).astype(np.int64)
 
 
 def rendezvous_order(key: str, replica_ids: Iterable[str]) -> list[str]:
@@ -290,22 +294,15 @@ class Fleet:
         self._free_slot[i] = view.slots > 0 and len(view.resident | view.loading) < view.slots
         self._set_victim(i)
 
-    def add_expected(self, replica_id: str, adapter: str) -> None:
-        """Record that ``adapter`` was just sent to ``replica_id`` (counts as loading there)."""
+    def place(self, replica_id: str, adapters: Iterable[str]) -> None:
+        """Record that ``adapters`` were just sent to ``replica_id``: they count as loading there
+        and evict its next victims (``with_placed``) until the replica reports."""
         v = self._views.get(replica_id)
-        if v is None or adapter in v.resident or adapter in v.loading:
+        if v is None:
             return
-        i = self._index[replica_id]
-        gone = self._victim[i] if not self._free_slot[i] else None
-        self.upsert(
-            replace(
-                v,
-                resident=v.resident - {gone},
-                loading=v.loading | {adapter},
-                victims=tuple(x for x in v.victims if x[0] != gone),
-            ),
-            reported=False,
-        )
+        placed = with_placed(v, set(adapters), self._evictable(self._index[replica_id]))
+        if placed is not v:
+            self.upsert(placed, reported=False)
 
     def remove(self, replica_id: str) -> None:
         if self._views.pop(replica_id, None) is not None:
@@ -355,35 +352,40 @@ class Fleet:
             h = self._hash_cache[key] = key_hash(key)
         return h
 
-    def _set_victim(self, i: int) -> None:
-        """Recompute replica ``i``'s next victim: the first of its reported ones not in use here
-        (preferring those not used since its report), as the replica's own pool would pick it.
-
-        A replica that could evict an adapter wanted here (requests for it wait in this router)
-        and held nowhere else is *guarded* instead: no victim, no cold placement.
+    def _evictable(self, i: int) -> list[str]:
+        """What replica ``i``'s own pool would evict next, as far as this router knows: its
+        reported victims not in use here, those not used here since its report first (under lru
+        or lfu a use moves an adapter back in the order). None while it is *guarded*: it could
+        evict an adapter wanted here (requests for it wait in this router) and held nowhere
+        else.
         """
+        if self._guarded[i]:
+            return []
+        rid = self._ids[i]
+        busy = self._in_use.get(rid, {})
+        used = self._used_since.get(rid, ())
+        idle = [a for a, _ in self._views[rid].victims if a not in busy]
+        return [a for a in idle if a not in used] + [a for a in idle if a in used]
+
+    def _set_victim(self, i: int) -> None:
+        """Recompute replica ``i``'s guard and next victim (the first of ``_evictable``)."""
         old = self._victim[i]
         if old is not None and old in self._victim_of:
             self._victim_of[old].discard(i)
-        rid = self._ids[i]
-        view = self._views[rid]
-        busy = self._in_use.get(rid, {})
-        used = self._used_since.get(rid, ())
-        idle = [v for v in view.victims if v[0] not in busy]
-        v = next((v for v in idle if v[0] not in used), idle[0] if idle else None)
+        view = self._views[self._ids[i]]
         # NOTE: any adapter it holds, not only the estimated first victim: one in use now may be
         # idle, and first in the replica's own order, by the time a newcomer arrives there.
         self._guarded[i] = not self._free_slot[i] and any(
             a in self._wanted and len(self._holders.get(a, ())) == 1
             for a in view.resident | view.loading
         )
-        if self._guarded[i]:
-            v = None
-        self._victim[i] = v[0] if v else None
+        order = self._evictable(i)
+        v = order[0] if order else None
+        self._victim[i] = v
         if v is not None:
-            self._victim_of.setdefault(v[0], set()).add(i)
-            self._victim_f[i] = self._freq.get(v[0], 0.0)
-            self._victim_t[i] = v[1]
+            self._victim_of.setdefault(v, set()).add(i)
+            self._victim_f[i] = self._freq.get(v, 0.0)
+            self._victim_t[i] = dict(view.victims)[v]
         else:  # nothing evictable now (all in use, wanted, or just placed): not a cheap target
             self._victim_f[i] = 0.0 if self._free_slot[i] else np.inf
             self._victim_t[i] = np.nan
@@ -443,71 +445,84 @@ class Fleet:
             self._victim_f /= 2
 
     def decide(self, request: RequestView) -> Decision:
-        """Rank replicas for ``request``; see the module docstring."""
-        k = self.knobs
+        """Rank replicas for ``request``: holders (and a spill copy when hot), else cold
+        placement, then fallbacks once it has waited ``max_wait_s``; see the module docstring."""
         if not self._ids:
             return Decision("fallback", [])
         load = self._ongoing / self._cap
-        now = request.now or time.time()
         if not request.adapters:
-            ids = self._least_loaded(load, k.max_candidates, exclude=())
+            ids = self._least_loaded(load, self.knobs.max_candidates, exclude=())
             return Decision("base", ids, dict.fromkeys(ids, "base"))
+        now = request.now or time.time()
+        ranked = self._holders_first(request, load, now)
+        if not ranked:
+            home = self._cold_placement(request, load, now)
+            if home is None:  # no eligible replica: wait in the router
+                return Decision("cold", [])
+            ranked = [(home, "cold")]
+        if request.waited_s >= self.knobs.max_wait_s:
+            taken = {i for i, _ in ranked}
+            ranked += [
+                (i, "fallback") for i in self._least_loaded_idx(load, self.knobs.fallbacks, taken)
+            ]
+        return Decision(
+            ranked[0][1],
+            [self._ids[i] for i, _ in ranked],
+            {self._ids[i]: kind for i, kind in ranked},
+        )
 
-        out: list[int] = []
-        kinds: dict[int, Kind] = {}
+    def _holders_first(
+        self, request: RequestView, load: np.ndarray, now: float
+    ) -> list[tuple[int, Kind]]:
+        """Steps 1 and 2: replicas holding the adapter(s), least loaded first, after one more
+        copy if the adapter is hot and its holders are busy. Empty when nothing holds it."""
+        k = self.knobs
         held = self._held_counts(request.adapters)
+        if not held:
+            return []
         need = len(request.adapters)
-        if held:
-            full = [i for i, c in held.items() if c == need]
-            spare = [i for i in (full or held) if load[i] < k.spill_at]
-            spare.sort(key=lambda i: (-held[i], load[i], not self._resident(i, request)))
-            if self._hot(request, len(held)) and not any(load[i] < k.spill_to for i in spare):
-                # A hot adapter (by observed rate) whose holders are all half busy: one more copy.
-                mask = load < k.spill_to
-                mask[list(held)] = False
-                t = self._best_score(request.key, mask, now, load)
-                if t is not None:
-                    out.append(t)
-                    kinds[t] = "spill"
-            for i in spare[: k.max_candidates]:
-                out.append(i)
-                kinds[i] = "hit" if held[i] == need else "cold"
-            if not out:
-                # Every holder is full and the adapter is not hot (or nothing is free to spill
-                # to): queue for a holder, even one still loading it, rather than load it again.
-                busy = sorted(full or held, key=lambda i: load[i])
-                for i in busy[: k.max_candidates]:
-                    out.append(i)
-                    kinds[i] = "hit" if held[i] == need else "cold"
-        if not out:
-            mask = load < k.place_below
-            if request.waited_s < k.max_wait_s:
-                # Never evict an adapter that requests queued here still want (they would
-                # load it again): skip guarded replicas, or wait if every replica is.
-                mask &= ~self._guarded
-                if not mask.any():
-                    return Decision("cold", [])
-            if request.waited_s < min(k.admit_wait_s, k.max_wait_s):
-                # Admission: evict only a victim no more popular than this adapter (or use a
-                # free slot); while no replica offers one, wait (an in-use cheap victim frees up
-                # within a service time; a popular one evicted costs a load later).
-                f = min(self._freq.get(a, 0.0) for a in request.adapters) + 1.0
-                cheap = self._free_slot | (self._victim_f <= f)
-                mask &= cheap
-                if not mask.any():
-                    return Decision("cold", [])
-            want = max(self._wanted.get(a, 0) for a in request.adapters)
-            t = self._best_score(request.key, mask, now, load, light_first=False, room_for=want)
-            if t is None:  # all busy: wait for the rendezvous home
-                t = self._best_score(request.key, np.ones(len(self._ids), dtype=bool))
-            out.append(t)
-            kinds[t] = "cold"
-        if request.waited_s >= k.max_wait_s:
-            for i in self._least_loaded_idx(load, k.fallbacks, exclude=set(out)):
-                out.append(i)
-                kinds[i] = "fallback"
-        ids = [self._ids[i] for i in out]
-        return Decision(kinds[out[0]], ids, {self._ids[i]: kinds[i] for i in out})
+        full = [i for i, c in held.items() if c == need]
+        spare = [i for i in (full or held) if load[i] < k.spill_at]
+        spare.sort(key=lambda i: (-held[i], load[i], not self._resident(i, request)))
+        out: list[tuple[int, Kind]] = []
+        if self._hot(request, len(held)) and not any(load[i] < k.spill_to for i in spare):
+            # A hot adapter (by observed rate) whose holders are all half busy: one more copy.
+            mask = load < k.spill_to
+            mask[list(held)] = False
+            t = self._best_placement(request.key, mask, now, load, cold=False)
+            if t is not None:
+                out.append((t, "spill"))
+        if not spare and not out:
+            # Every holder is full and the adapter is not hot (or nothing is free to spill to):
+            # queue for a holder, even one still loading it, rather than load it again.
+            spare = sorted(full or held, key=lambda i: load[i])
+        out += [(i, "hit" if held[i] == need else "cold") for i in spare[: k.max_candidates]]
+        return out
+
+    def _cold_placement(self, request: RequestView, load: np.ndarray, now: float) -> int | None:
+        """Step 3: where to load an adapter nothing holds, or None to wait (guarded replicas
+        and admission, both lifted by waiting)."""
+        k = self.knobs
+        mask = load < k.place_below
+        if request.waited_s < k.max_wait_s:
+            # Never evict an adapter that requests queued here still want (they would load it
+            # again): skip guarded replicas, or wait if every replica is.
+            mask &= ~self._guarded
+            if not mask.any():
+                return None
+        if request.waited_s < min(k.admit_wait_s, k.max_wait_s):
+            # Admission: evict only a victim no more popular than this adapter (or use a free
+            # slot); while no replica offers one, wait (an in-use cheap victim frees up within a
+            # service time; a popular one evicted costs a load later).
+            f = min(self._freq.get(a, 0.0) for a in request.adapters) + 1.0
+            mask &= self._free_slot | (self._victim_f <= f)
+            if not mask.any():
+                return None
+        want = max(self._wanted.get(a, 0) for a in request.adapters)
+        t = self._best_placement(request.key, mask, now, load, cold=True, room_for=want)
+        if t is None:  # all busy: wait for the rendezvous home
+            t = int(np.argmax(self._rendezvous(request.key)))
+        return t
 
     def _hot(self, request: RequestView, holders: int) -> bool:
         """Whether the adapter's observed share of traffic is more than ``holders`` replicas."""
@@ -528,38 +543,50 @@ class Fleet:
                 counts[i] = counts.get(i, 0) + 1
         return counts
 
-    def _best_score(
+    def _rendezvous(self, key: str) -> np.ndarray:
+        """Every replica's rendezvous score for ``key`` (fixed per key and replica)."""
+        return _mix(self._seeds, self._hash(key))
+
+    def _best_placement(
         self,
         key: str,
         mask: np.ndarray,
-        now: float = 0.0,
-        load: np.ndarray | None = None,
-        light_first: bool = True,
+        now: float,
+        load: np.ndarray,
+        *,
+        cold: bool,
         room_for: int = 0,
     ) -> int | None:
-        evicting = load is not None
-        if not mask.any():
+        """The best replica in ``mask`` to load ``key`` on (None if the mask is empty).
+
+        Criteria, most important first (see the module docstring, step 3 for ``cold``, step 2
+        otherwise), each "more is better":
+        1. (cold, ``room_for`` > 1 requests queued for it) room for all of them at once;
+        2. cold: loading no other adapter; spill: lightly loaded (below ``spill_to``);
+        3. a free adapter slot;
+        4. how rarely its next victim is requested (powers of two of the aged count);
+        5. (cold) lightly loaded;
+        6. how long its next victim has been idle (powers of two of milliseconds);
+        7. the rendezvous hash of ``key``, so every router picks the same replica.
+        """
+        idx = np.flatnonzero(mask)
+        if not len(idx):
             return None
-        # Score tiers in the top bits: lightly loaded (bit 63, or 56 when not light_first, where
-        # bit 63 is "loading nothing"), free slot (62), rarely requested victim (57-61), victim
-        # idle time (51-55), then the hash; room for a burst, when asked, goes above them all.
-        score = _mix(self._seeds, self._hash(key)) >> np.uint64(13)
-        if evicting:
-            idle_ms = np.nan_to_num((now - self._victim_t) * 1000.0, nan=0.0)
-            idle = np.clip(np.log2(1.0 + np.maximum(idle_ms, 0.0)), 0, 31).astype(np.uint64)
-            rare = 31 - np.clip(np.log2(1.0 + self._victim_f), 0, 31).astype(np.uint64)
-            score = score | (idle << np.uint64(51)) | (rare << np.uint64(57))
-            score = score | (self._free_slot.astype(np.uint64) << np.uint64(62))
-            light = (load < self.knobs.spill_to).astype(np.uint64)
-            score = score | (light << np.uint64(63 if light_first else 56))
-            if not light_first:  # cold placement: a replica loading nothing else first
-                score = score | ((self._loading_n == 0).astype(np.uint64) << np.uint64(63))
-            if room_for > 1:  # a burst: a replica that takes all its waiting requests at once
-                room = self._cap - self._ongoing >= np.minimum(room_for, self._cap)
-                score = (score >> np.uint64(1)) | (room.astype(np.uint64) << np.uint64(63))
-        score = np.where(mask, score, np.uint64(0))
-        i = int(np.argmax(score))
-        return i if mask[i] else None
+        light = load < self.knobs.spill_to
+        idle_ms = np.maximum(np.nan_to_num((now - self._victim_t) * 1000.0, nan=0.0), 0.0)
+        criteria: list[np.ndarray] = []
+        if cold and room_for > 1:
+            criteria.append(self._cap - self._ongoing >= np.minimum(room_for, self._cap))
+        criteria.append(self._loading_n == 0 if cold else light)
+        criteria.append(self._free_slot)
+        criteria.append(-_log2_bucket(self._victim_f))
+        if cold:
+            criteria.append(light)
+        criteria.append(_log2_bucket(idle_ms))
+        criteria.append(self._rendezvous(key))
+        # NOTE: np.lexsort sorts by its LAST key first, ascending: the best is the last row.
+        best = np.lexsort([c[idx] for c in reversed(criteria)])[-1]
+        return int(idx[best])
 
     def _least_loaded_idx(self, load: np.ndarray, n: int, exclude: set[int] | tuple) -> list[int]:
         key = load + self._tiebreak

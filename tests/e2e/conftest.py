@@ -1,5 +1,5 @@
 """One real application for all end-to-end tests: real Ray Serve, real vLLM CPU engine, real
-Transformers+PEFT engine (the reference) and, when present, the Diffusers deployment, on the tiny
+Transformers+PEFT engine (the reference) and the Diffusers deployment, on the tiny
 demo models built by the same builder ``make run`` uses. Started once for this folder.
 """
 
@@ -27,14 +27,7 @@ def demo_assets() -> dict:
     from serve_app.demo.__main__ import build_all
 
     root = Path(os.environ.get("LORASERVE_DEMO_DIR", ".demo"))
-    return build_all(root, images=_images_available())
-
-
-def _images_available() -> bool:
-    here = Path(__file__).parent
-    return (here / "image_config.py").exists() and (
-        here.parents[1] / "serve_app/deployments/image.py"
-    ).exists()
+    return build_all(root)
 
 
 def app_config(assets: dict) -> dict:
@@ -66,10 +59,9 @@ def app_config(assets: dict) -> dict:
             },
         ],
     }
-    if "image" in assets:
-        from tests.e2e.image_config import image_config  # written with the image deployment
+    from tests.e2e.image_config import image_config
 
-        cfg["image"] = [image_config(assets["image"])]
+    cfg["image"] = [image_config(assets["image"])]
     return cfg
 
 

@@ -1,6 +1,6 @@
 """Adapter-aware routing on local Ray Serve with several small simulated replicas.
 
-One Serve app for the module (replicas from benchmarks/routing/replicas.py: the real AdapterPool
+One Serve app for the module (replicas from serve_app/routing/simulated.py: the real AdapterPool
 and ResidencyReporter, adapter loads simulated by sleeps), reached through a handle only.
 """
 
@@ -10,11 +10,14 @@ from collections import Counter
 import pytest
 import ray
 from ray import serve
-from ray.serve._private.common import REPLICA_ID_FULL_ID_STR_PREFIX
-from ray.serve._private.constants import SERVE_NAMESPACE
 
-from benchmarks.routing.replicas import PoolReplica
 from serve_app.routing.router import request_router_config
+from serve_app.routing.serve_internals import (
+    SERVE_NAMESPACE,
+    replica_actor_name,
+    request_router_of,
+)
+from serve_app.routing.simulated import PoolReplica
 
 APP = "routing-it"
 ARGS = dict(slots=2, k=1, load_s=0.2, service_s=0.05, eviction="lru")
@@ -92,9 +95,7 @@ def test_dead_replica_is_dropped_from_routing(handle):
     first = call(handle, "victim-adapter")
     dead = first["replica"]
     ray.kill(
-        ray.get_actor(
-            f"{REPLICA_ID_FULL_ID_STR_PREFIX}{APP}#PoolReplica#{dead}", namespace=SERVE_NAMESPACE
-        ),
+        ray.get_actor(replica_actor_name(APP, "PoolReplica", dead), namespace=SERVE_NAMESPACE),
         no_restart=True,
     )
     replies = [call(handle, "victim-adapter") for _ in range(5)]
@@ -146,7 +147,6 @@ def test_requests_for_one_adapter_are_served_in_arrival_order(handle):
         assert max(overtaken) <= 1, order
         # and the router forgets them once served (Serve's per-adapter index of pending requests
         # used to keep every request, payload included, for the life of the router)
-        router = one._router._asyncio_router._request_router  # noqa: SLF001
-        assert not router._pending_requests_by_model_id.get("fifo")  # noqa: SLF001
+        assert not request_router_of(one).pending_for_model("fifo")
     finally:
         serve.delete("fifo-it")

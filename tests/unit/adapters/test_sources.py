@@ -12,7 +12,7 @@ import huggingface_hub.constants
 import pytest
 from moto.server import ThreadedMotoServer
 
-from adapters.cache import DiskCache
+from adapters.disk_cache import DiskCache
 from adapters.errors import (
     AdapterFetchTimeoutError,
     AdapterSourceError,

@@ -101,7 +101,7 @@ def test_grafana_dashboard_queries_only_metrics_we_export() -> None:
         (ROOT / f).read_text()
         for f in (
             "serve_app/deployments/metrics.py",
-            "serve_app/deployments/residency.py",
+            "serve_app/routing/publisher.py",
             "serve_app/routing/router.py",
         )
     )

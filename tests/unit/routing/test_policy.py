@@ -141,7 +141,7 @@ def test_burst_for_one_cold_adapter_stays_on_one_replica():
     for n in range(6):
         d = fleet.decide(req("cold"))
         chosen.add(d.ids[0])
-        fleet.add_expected(d.ids[0], "cold")  # what the router records when it sends it
+        fleet.place(d.ids[0], ["cold"])  # what the router records when it sends it
         fleet.set_ongoing(d.ids[0], n + 1)
     assert len(chosen) == 1
 
@@ -153,7 +153,7 @@ def test_burst_of_different_cold_adapters_spreads():
     for n in range(8):
         d = fleet.decide(req(f"cold{n}"))
         placed.append(d.ids[0])
-        fleet.add_expected(d.ids[0], f"cold{n}")
+        fleet.place(d.ids[0], [f"cold{n}"])
     # 8 adapters, 4 replicas x 2 free slots: every slot used once, nothing evicted.
     assert sorted(placed) == sorted(IDS * 2)
 
@@ -177,7 +177,7 @@ def test_hot_adapter_gains_replicas_in_rendezvous_order():
         d = fleet.decide(req("hot"))
         assert d.kind == "spill"
         holders.append(d.ids[0])
-        fleet.add_expected(d.ids[0], "hot")
+        fleet.place(d.ids[0], ["hot"])
     assert holders == order[:4]
 
 
@@ -254,9 +254,9 @@ def test_upsert_tracks_loads_and_evictions():
 
 def test_placing_uses_free_slots_then_victims():
     v = r("r0", ["a"], slots=2, victims=(("a", 1.0),))
-    assert with_placed(v, {"b"}).victims == v.victims  # a free slot took it
+    assert with_placed(v, {"b"}, ["a"]).victims == v.victims  # a free slot took it
     full = r("r0", ["a", "b"], slots=2, victims=(("a", 1.0), ("b", 2.0)))
-    assert with_placed(full, {"c"}).victims == (("b", 2.0),)
+    assert with_placed(full, {"c"}, ["a", "b"]).victims == (("b", 2.0),)
 
 
 def test_frequency_aware_placement_keeps_popular_adapters():
@@ -303,7 +303,7 @@ def test_victim_in_use_or_wanted_here_is_skipped():
 def test_placing_a_cold_adapter_evicts_the_expected_victim_at_once():
     fleet = Fleet()
     fleet.set_replicas([r("r0", ["x", "y"], victims=(("x", NOW - 1),)), r("r1")])
-    fleet.add_expected("r0", "new")
+    fleet.place("r0", ["new"])
     assert fleet.holders("x") == set() and fleet.holders("new") == {"r0"}
 
 

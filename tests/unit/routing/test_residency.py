@@ -1,23 +1,28 @@
 """What a replica publishes for routing (no Ray: the reporter only counts outside a replica)."""
 
-from serve_app.deployments.residency import ResidencyReporter, routing_stats
+from serve_app.routing.publisher import ResidencyReporter
+from serve_app.routing.stats import RoutingStats
 
 
 def test_routing_stats_from_a_pool_snapshot():
     snap = {"resident": ["a", "b"], "loading": ["c"], "capacity": 3}
-    s1 = routing_stats(snap, ongoing=2, last_used={"a": 5.0, "b": 1.0})
-    assert s1["resident"] == ["a", "b"] and s1["loading"] == ["c"] and s1["slots"] == 3
-    assert s1["ongoing"] == 2
-    assert s1["victims"] == [["b", 1.0], ["a", 5.0]]  # least recently used first
-    assert routing_stats(snap)["v"] > s1["v"]  # newer reports carry higher sequence numbers
+    s1 = RoutingStats.from_pool(snap, ongoing=2, last_used={"a": 5.0, "b": 1.0})
+    assert s1.resident == ("a", "b") and s1.loading == ("c",) and s1.slots == 3
+    assert s1.ongoing == 2 and s1.held == ["a", "b", "c"]
+    assert s1.victims == (("b", 1.0), ("a", 5.0))  # least recently used first
+    assert RoutingStats.from_pool(snap).seq > s1.seq  # newer reports carry higher numbers
 
 
 def test_routing_stats_prefers_the_pools_eviction_order():
     snap = {"resident": ["a", "b"], "loading": [], "capacity": 2, "eviction_order": ["a", "b"]}
-    assert [v[0] for v in routing_stats(snap, last_used={"a": 9.0, "b": 1.0})["victims"]] == [
-        "a",
-        "b",
-    ]
+    stats = RoutingStats.from_pool(snap, last_used={"a": 9.0, "b": 1.0})
+    assert [v[0] for v in stats.victims] == ["a", "b"]
+
+
+def test_routing_stats_cross_as_a_plain_dict_and_back():
+    stats = RoutingStats.from_pool({"resident": ["a"], "capacity": 2}, last_used={"a": 3.0})
+    assert RoutingStats.parse(stats.as_dict()) == stats
+    assert RoutingStats.parse({}) is None and RoutingStats.parse(None) is None
 
 
 def test_reporter_counts_loads_and_evictions_and_forgets_evicted():

@@ -6,7 +6,7 @@ import pytest
 
 from adapters import errors as ae
 from adapters.ids import ModelId, parse, resolve
-from serve_app import errors
+from serve_app import errors, request_errors
 
 CATALOG = {"llama": ["sql", "poet", "shared"], "org/other": ["shared", "chef"]}
 
@@ -57,9 +57,9 @@ def test_parse_does_not_need_a_catalog():
         (ae.AdapterFetchTimeoutError("x"), 504),
         (ae.AdapterExistsError("x"), 409),
         (ae.AdapterCapacityError("x"), 409),
-        (errors.InvalidRequestError("x", param="n"), 400),
-        (errors.BodyTooLargeError("x"), 413),
-        (errors.UnauthorizedError("x"), 401),
+        (request_errors.InvalidRequestError("x", param="n"), 400),
+        (request_errors.BodyTooLargeError("x"), 413),
+        (request_errors.UnauthorizedError("x"), 401),
         (RuntimeError("boom"), 500),
     ],
 )

@@ -5,8 +5,8 @@ from pydantic import ValidationError
 
 from adapters.errors import InvalidModelIdError
 from serve_app.config import ImageConfig
-from serve_app.errors import InvalidRequestError
 from serve_app.image_api import adapter_mix, parse_image_request
+from serve_app.request_errors import InvalidRequestError
 
 CFG = ImageConfig(
     name="tiny-sd", model="unused", max_size=64, default_size=32, max_n=3, max_steps=8,
@@ -22,7 +22,7 @@ def test_defaults_are_filled_from_config():
         1,
         "b64_json",
     )
-    assert req.dimensions() == (32, 32)
+    assert (req.job().width, req.job().height) == (32, 32)
     assert parse_image_request({"prompt": "a cat", "size": "auto"}, CFG).size == "32x32"
 
 
@@ -30,7 +30,7 @@ def test_openai_fields_accepted():
     body = {"prompt": "p", "model": "tiny-sd:style3d", "n": 2, "size": "64x48", "user": "u",
             "quality": "hd", "style": "vivid", "response_format": "b64_json"}  # fmt: skip
     req = parse_image_request(body, CFG)
-    assert req.dimensions() == (64, 48) and req.n == 2
+    assert (req.job().width, req.job().height, req.job().n) == (64, 48, 2)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Simulated replicas for the routing benchmark and the routing integration tests.
+"""Simulated replicas, a tool for the routing benchmark (benchmarks/routing) and the routing
+integration tests: real Ray Serve replicas whose adapter loads and requests are sleeps.
 
 Both hold at most ``slots`` adapters, load one in ``load_s`` (a sleep), serve at most ``k``
 requests at once for ``service_s`` each, and accept ``max_ongoing_requests`` (set by the caller).
@@ -23,8 +24,7 @@ from ray import serve
 
 from adapters.pool import AdapterPool
 from adapters.spec import AdapterSpec
-from serve_app.deployments.logs import to_replica_log
-from serve_app.deployments.residency import ResidencyReporter
+from serve_app.routing.publisher import ResidencyReporter
 
 
 @dataclass
@@ -35,6 +35,8 @@ class _Weights:
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class PoolReplica:
     def __init__(self, slots: int, k: int, load_s: float, service_s: float, eviction: str):
+        from serve_app.deployments.logs import to_replica_log
+
         to_replica_log()  # adapter loads and evictions in the replica's log, as in serve_app
         self._sem = asyncio.Semaphore(k)
         self._service_s = service_s

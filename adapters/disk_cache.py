@@ -13,10 +13,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+from adapters.adapter_cache import AdapterCache
 from adapters.errors import AdapterCapacityError, AdapterSourceError
-from adapters.lru import AdapterCache
 
-log = logging.getLogger("adapters.cache")
+log = logging.getLogger("adapters.disk_cache")
 
 
 def _tree_bytes(path: Path) -> int:

@@ -18,67 +18,35 @@ What it does:
   is evicted) schedules one coalesced push to the Serve controller through the same call Ray's
   ``@serve.multiplexed`` uses (``record_request_routing_info``), carrying the resident + loading
   ids as ``multiplexed_model_ids`` (so Ray's built-in multiplex routing, the ``builtin`` router
-  option, sees our pool) and ``routing_stats(...)`` (what our router reads). The controller
-  broadcasts it to every router within about one control-loop tick (0.1 s), so a load that has
-  started is visible to routers before it finishes.
+  option, sees our pool) and ``RoutingStats`` (routing/stats.py: what our router reads). The
+  controller broadcasts it to every router within about one control-loop tick (0.1 s), so a load
+  that has started is visible to routers before it finishes.
 - Counts adapter loads and evictions per replica with ``ray.util.metrics`` (Prometheus):
   ``loraserve_adapter_loads_total`` / ``loraserve_adapter_evictions_total``
   (tags: deployment, replica).
 
-No FastAPI and no routing imports here.
+Ray is imported only inside a replica (the constructor and ``publish``); no FastAPI here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from serve_app.routing.stats import RoutingStats
+
 log = logging.getLogger("serve_app.residency")
 
 # Pool states (adapters.pool.AdapterState values) after which the replica's residency changed.
 _PUBLISH_ON = {"resolving", "ready", "failed", "evicted"}
-_seq = itertools.count(1)
 
 
 class _Pool(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
-
-
-def routing_stats(
-    pool_snapshot: dict[str, Any],
-    *,
-    ongoing: int | None = None,
-    last_used: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """The dict a replica returns from ``record_routing_stats`` (read by our router).
-
-    Keys: ``v`` (a per-process sequence number: routers ignore a report older than one already
-    seen, because Serve's periodic poll can land after a fresher push), ``resident``,
-    ``loading``, ``slots`` (working-set capacity), ``victims`` (the next four eviction candidates
-    as ``[name, last used unix s]``, in use or not: the snapshot's ``eviction_order`` when it has
-    one, else the resident adapters least recently used first; routers skip those they know to be
-    in use), ``ongoing`` (when given).
-    """
-    stats: dict[str, Any] = {
-        "v": next(_seq),
-        "t": time.time(),
-        "resident": list(pool_snapshot.get("resident", [])),
-        "loading": list(pool_snapshot.get("loading", [])),
-        "slots": int(pool_snapshot.get("capacity") or 0),
-    }
-    used = last_used or {}
-    order = pool_snapshot.get("eviction_order")
-    if order is None:
-        order = sorted(stats["resident"], key=lambda a: used.get(a, 0.0))
-    stats["victims"] = [[a, used.get(a, 0.0)] for a in order[:4]]
-    if ongoing is not None:
-        stats["ongoing"] = int(ongoing)
-    return stats
 
 
 class ResidencyReporter:
@@ -124,10 +92,13 @@ class ResidencyReporter:
         self._pool = pool
         self.publish()
 
+    def stats(self) -> RoutingStats:
+        snap = self._pool.snapshot() if self._pool is not None else {}
+        return RoutingStats.from_pool(snap, ongoing=self.ongoing, last_used=self.last_used)
+
     def record_routing_stats(self) -> dict[str, Any]:
         """Return value for the deployment's ``record_routing_stats`` method."""
-        snap = self._pool.snapshot() if self._pool is not None else {}
-        return routing_stats(snap, ongoing=self.ongoing, last_used=self.last_used)
+        return self.stats().as_dict()
 
     @contextmanager
     def request(self, *adapters: str) -> Iterator[None]:
@@ -178,16 +149,9 @@ class ResidencyReporter:
         if self._replica_id is None or self._pool is None:
             return
         try:
-            from ray.serve._private.common import RequestRoutingInfo
-            from ray.serve.context import _get_global_client
+            from serve_app.routing.serve_internals import publish_routing_info
 
-            stats = self.record_routing_stats()
-            _get_global_client().record_request_routing_info(
-                RequestRoutingInfo(
-                    replica_id=self._replica_id,
-                    multiplexed_model_ids=sorted({*stats["resident"], *stats["loading"]}),
-                    routing_stats=stats,
-                )
-            )
+            stats = self.stats()
+            publish_routing_info(self._replica_id, stats.held, stats.as_dict())
         except Exception as e:
             log.warning("failed to publish adapter residency: %s", e)

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.adapter_cache import AdapterCache
 from adapters.errors import AdapterCapacityError
-from adapters.lru import AdapterCache
 
 KEYS = [f"a{i}" for i in range(8)]
 
