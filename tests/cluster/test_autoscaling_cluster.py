@@ -4,16 +4,21 @@ replica and the autoscaler adds a node for it, then stops until both scale back 
 request sent during the episode must be answered.
 
 What ``ray.cluster_utils.AutoscalingCluster.start()`` does, with the shipped config instead of the
-``example.yaml`` Ray 2.60's wheel lacks, and a free GCS port: ``ray start --head
---autoscaling-config=...`` under ``RAY_FAKE_CLUSTER=1``.
-NOTE: ``ray stop --force`` (before and after) kills every Ray process on the machine: run this
-module alone, under the shared lock (``flock /tmp/loraserve-ray.lock``), as the whole suite does.
+``example.yaml`` Ray 2.60's wheel lacks: ``ray start --head --autoscaling-config=...`` under
+``RAY_FAKE_CLUSTER=1``, but on free ports and its own temp dir, and stopped by killing the
+processes of that temp dir (by pid) instead of ``ray stop --force``, which would kill every Ray
+process on the machine (a user's ``make run`` included). Cluster tests still run under the
+shared lock here, like every test that starts Ray (2 cores).
 """
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,38 +35,69 @@ ROOT = Path(__file__).parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _ray_stop() -> None:
-    subprocess.run([RAY, "stop", "--force"], check=False, capture_output=True, timeout=120)
+def _kill_cluster(temp_dir: str) -> None:
+    """Kill (by pid) every process whose command line names ``temp_dir``: this cluster's GCS,
+    raylets, workers, monitor and the fake provider's nodes (they all get the head's session)."""
+    me = os.getpid()
+    for _ in range(3):
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == me:
+                continue
+            try:
+                if temp_dir in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
-def cluster(demo_assets, tmp_path_factory):
+def cluster(demo_assets):
     port = free_port()
     ip = ray.util.get_node_ip_address()  # what the fake provider's worker nodes use
+    temp_dir = tempfile.mkdtemp(prefix="lsac", dir="/tmp")  # short: socket paths live under it
     cfg = yaml.safe_load((ROOT / "deploy/cluster-local.yaml").read_text())
     cfg["provider"]["gcs_address"] = f"{ip}:{port}"
-    path = tmp_path_factory.mktemp("autoscaler") / "cluster.yaml"
+    path = Path(temp_dir) / "cluster.yaml"
     path.write_text(json.dumps(cfg))
     head = cfg["available_node_types"]["ray.head.default"]["resources"]
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    _ray_stop()
-    subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            f"--port={port}",
-            f"--autoscaling-config={path}",
-            f"--num-cpus={head['CPU']}",
-            f"--resources={json.dumps({k: v for k, v in head.items() if k != 'CPU'})}",
-            "--include-dashboard=false",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
+    ports = {
+        flag: free_port()
+        for flag in (
+            "ray-client-server-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    }
     try:
+        started = subprocess.run(
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--port={port}",
+                f"--temp-dir={temp_dir}",
+                f"--autoscaling-config={path}",
+                f"--num-cpus={head['CPU']}",
+                f"--resources={json.dumps({k: v for k, v in head.items() if k != 'CPU'})}",
+                "--include-dashboard=false",
+                *(f"--{flag}={p}" for flag, p in ports.items()),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
         ray.init(address=f"{ip}:{port}", log_to_driver=False)
         http = free_port()
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http})
@@ -86,9 +122,11 @@ def cluster(demo_assets, tmp_path_factory):
     finally:
         try:
             serve.shutdown()
-        finally:
-            ray.shutdown()
-            _ray_stop()
+        except Exception:  # Ray may not have started
+            pass
+        ray.shutdown()
+        _kill_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _running_replicas() -> int:
