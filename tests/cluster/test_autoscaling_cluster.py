@@ -67,6 +67,11 @@ def cluster(demo_assets):
     path = Path(temp_dir) / "cluster.yaml"
     path.write_text(json.dumps(cfg))
     head = cfg["available_node_types"]["ray.head.default"]["resources"]
+    # NOTE: `ray start` turns on token auth when ~/.ray/auth_token exists; a driver connects
+    # only with RAY_AUTH_MODE=token set too. Set it for the head (and the fake nodes it starts)
+    # and this process alike.
+    auth = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     ports = {
         flag: free_port()
@@ -127,6 +132,10 @@ def cluster(demo_assets):
         ray.shutdown()
         _kill_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth
 
 
 def _running_replicas() -> int:
