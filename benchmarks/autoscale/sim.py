@@ -1,7 +1,7 @@
 """Discrete-event simulation of Serve autoscaling over an adapter fleet, driving the real code:
-routing by ``serve_app.routing.policy.Fleet``, working sets ``adapters.lru.AdapterCache``, pressure
-figures ``serve_app.autoscaling.AdapterPressure`` (on the simulated clock) and the decision
-``serve_app.autoscaling.desired_replicas``.
+routing by ``serve_app.routing.policy.Fleet``, working sets ``adapters.adapter_cache.AdapterCache``,
+pressure figures ``serve_app.autoscaling.AdapterPressure`` (on the simulated clock) and the
+decision ``serve_app.autoscaling.desired_replicas``.
 
 Policies: ``default`` is Serve's rule (ongoing requests, queued ones included, over
 ``target_ongoing_requests``); ``adapter_aware`` is ours. Both go through the same model of what
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adapters.lru import AdapterCache
+from adapters.adapter_cache import AdapterCache
 from serve_app.autoscaling import AdapterPressure, Pressure, desired_replicas
 from serve_app.routing.policy import Fleet, ReplicaView, RequestView
 
@@ -39,7 +39,6 @@ class _Replica:
     id: str
     cache: AdapterCache
     pressure: AdapterPressure
-    up_at: float
     running: int = 0
     queue: deque = field(default_factory=deque)
     loading: dict[str, float] = field(default_factory=dict)
@@ -128,7 +127,6 @@ def simulate(
             f"r{len(reps) + len(starting):04d}",
             AdapterCache(slots),
             AdapterPressure(slots, clock=lambda: clock[0]),
-            up_at=t + startup,
         )
         starting.append(r)
         push(t + startup, "up", r)
