@@ -67,12 +67,15 @@ def cluster(demo_assets):
     path = Path(temp_dir) / "cluster.yaml"
     path.write_text(json.dumps(cfg))
     head = cfg["available_node_types"]["ray.head.default"]["resources"]
-    # NOTE: `ray start` turns on token auth when ~/.ray/auth_token exists; a driver connects
-    # only with RAY_AUTH_MODE=token set too. Set it for the head (and the fake nodes it starts)
-    # and this process alike.
-    auth = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"
-    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    # NOTE: `ray start` turns on token auth when ~/.ray/auth_token exists, and this driver (whose
+    # Ray config was read when Ray was first imported) would then be refused: a cluster that
+    # listens on this machine only, for one test, runs without it (the fake nodes inherit it).
+    env = {
+        **os.environ,
+        "RAY_FAKE_CLUSTER": "1",
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+        "RAY_AUTH_MODE": "disabled",
+    }
     ports = {
         flag: free_port()
         for flag in (
@@ -132,10 +135,6 @@ def cluster(demo_assets):
         ray.shutdown()
         _kill_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
-        if auth is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = auth
 
 
 def _running_replicas() -> int:
