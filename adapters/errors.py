@@ -24,6 +24,12 @@ class UnknownModelError(AdapterError):
     """No base model or adapter is served under this id."""
 
 
+def unknown_model(model: str, why: str | None = None) -> UnknownModelError:
+    """The OpenAI-style "model not found" error (the one place it is worded); ``why`` says
+    which part is missing."""
+    return UnknownModelError(f"The model '{model}' does not exist{f' ({why})' if why else ''}.")
+
+
 class AmbiguousModelError(AdapterError):
     """A bare adapter name that exists under more than one base."""
 
@@ -50,3 +56,8 @@ class AdapterCapacityError(AdapterError):
 
 class AdapterLoadError(AdapterError):
     """The engine refused or failed to load an adapter that passed validation."""
+
+
+class AdapterUnavailableError(AdapterError):
+    """The server could not fetch or load the adapter for a reason of its own (engine down, out
+    of memory, a disk error): not the adapter's fault; worth retrying later."""

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from adapters.errors import AmbiguousModelError, InvalidModelIdError, UnknownModelError
+from adapters.errors import AmbiguousModelError, InvalidModelIdError, unknown_model
 
 # Adapter names become file names and engine keys: keep them boring.
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -66,11 +66,9 @@ def resolve(model: str, catalog: Mapping[str, Iterable[str]]) -> ModelId:
                 f"adapter name '{model}' exists under several base models "
                 f"({', '.join(sorted(owners))}): use '<base>:{model}'"
             )
-        raise UnknownModelError(f"The model '{model}' does not exist.")
+        raise unknown_model(model)
     if mid.base not in catalog:
-        raise UnknownModelError(f"The model '{model}' does not exist (unknown base '{mid.base}').")
+        raise unknown_model(model, f"unknown base '{mid.base}'")
     if mid.adapter not in set(catalog[mid.base]):
-        raise UnknownModelError(
-            f"The model '{model}' does not exist (no adapter '{mid.adapter}' on base '{mid.base}')."
-        )
+        raise unknown_model(model, f"no adapter '{mid.adapter}' on base '{mid.base}'")
     return mid

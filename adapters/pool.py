@@ -15,7 +15,14 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from adapters.adapter_cache import AdapterCache, Policy
-from adapters.errors import AdapterCapacityError, AdapterError, AdapterLoadError
+from adapters.errors import (
+    AdapterCapacityError,
+    AdapterError,
+    AdapterLoadError,
+    AdapterSourceError,
+    AdapterUnavailableError,
+    InvalidAdapterError,
+)
 from adapters.spec import AdapterSpec
 
 log = logging.getLogger("adapters.pool")
@@ -53,6 +60,16 @@ class AdapterPool:
     NOTE: one ``asyncio.Lock`` per adapter id serialises load and evict of that id; a load runs as
     a task shared by every request that waits for it (so it finishes, and its error reaches all of
     them, even if the request that started it goes away). Loads of different ids run in parallel.
+
+    Versions: a spec's ``version`` (set by the registry) names one registration of the name. A
+    request for a higher version than the resident one waits for the old weights' uses to end,
+    unloads them and loads the new ones; a request for a lower version (a stale catalogue) uses
+    the newest spec this pool has seen for the name. So once a replacement reaches a replica, the
+    replaced weights serve no new request there.
+
+    A load that fails because of the adapter or its source (missing, hanging, invalid, refused by
+    the engine) is remembered for ``failure_ttl_s``: requests for that version in that time get
+    the same error at once, so a broken source is not fetched again on every request.
     """
 
     def __init__(
@@ -68,12 +85,15 @@ class AdapterPool:
         name: str = "",
         capacity_timeout_s: float = 30.0,
         admission_wait_s: float = 0.1,
+        failure_ttl_s: float = 10.0,
     ) -> None:
         self._prepare, self._load_cb, self._unload_cb = prepare, load, unload
         self._on_event = on_event
         self.name = name
         self.capacity_timeout_s = capacity_timeout_s
         self.admission_wait_s = admission_wait_s
+        self.failure_ttl_s = failure_ttl_s
+        self._failures: dict[str, tuple[int, float, AdapterError]] = {}  # (version, until, error)
         self._cache: AdapterCache[Prepared] = AdapterCache(max_count, max_bytes, policy)
         self._states: dict[str, AdapterState] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -82,6 +102,8 @@ class AdapterPool:
         self._draining: set[str] = set()  # being evicted: no new uses
         self._waiting: dict[str, int] = {}  # requests awaiting a load of this id
         self._handed: dict[str, int] = {}  # holds a finished load left for those requests
+        self._versions: dict[str, int] = {}  # version resident (or loading) per id
+        self._newest: dict[str, AdapterSpec] = {}  # highest-version spec seen per id
         self._changed = asyncio.Event()  # replaced after each set(): "something was released"
         self.loads = self.evictions = self.hits = self.misses = 0
 
@@ -117,13 +139,16 @@ class AdapterPool:
             log.info("adapter %s: unpinned%s", name, self._tag())
             self._notify()
 
-    async def evict(self, name: str) -> bool:
-        """Unload ``name`` now, pinned or not, once its in-flight uses have finished.
+    async def evict(self, name: str, older_than: int | None = None) -> bool:
+        """Unload ``name`` now, pinned or not, once its in-flight uses have finished; with
+        ``older_than``, only if the resident version is lower than that.
 
         Returns whether it was resident. New requests for it wait and then load it afresh.
         """
         async with self._lock(name):
-            if name not in self._cache:
+            if name not in self._cache or (
+                older_than is not None and self._versions.get(name, 0) >= older_than
+            ):
                 await self._unloaded(name)
                 return False
             self._draining.add(name)
@@ -161,6 +186,7 @@ class AdapterPool:
             "hits": self.hits,
             "misses": self.misses,
             "states": {n: s.value for n, s in self._states.items()},
+            "versions": {n: self._versions.get(n) for n in self.resident()},
         }
 
     # -- internals --------------------------------------------------------------------------------
@@ -175,12 +201,20 @@ class AdapterPool:
             lock = self._locks[name] = asyncio.Lock()
         return lock
 
-    def _ready(self, name: str) -> bool:
+    def _ready(self, name: str, version: int = 0) -> bool:
         return (
             name in self._cache
             and self._states.get(name) == AdapterState.READY
             and name not in self._draining
+            and self._versions.get(name, 0) >= version
         )
+
+    def _newest_spec(self, spec: AdapterSpec) -> AdapterSpec:
+        known = self._newest.get(spec.name)
+        if known is not None and (known.version or 0) > (spec.version or 0):
+            return known
+        self._newest[spec.name] = spec
+        return spec
 
     def _set(self, name: str, state: AdapterState, **info: Any) -> None:
         old = self._states.get(name)
@@ -216,15 +250,21 @@ class AdapterPool:
         return True
 
     async def _acquire(self, spec: AdapterSpec) -> None:
-        name = spec.name
+        spec = self._newest_spec(spec)
+        name, version = spec.name, spec.version or 0
         self._cache.touch(name)  # counts for lfu whether resident or not
-        if self._ready(name):
+        if self._ready(name, version):
             self.hits += 1
         else:
             self.misses += 1
-        while not self._ready(name):
+        while not self._ready(name, version):
+            if name in self._cache and self._versions.get(name, 0) < version:
+                log.info("adapter %s: replaced by version %d%s", name, version, self._tag())
+                await self.evict(name, older_than=version)
+                continue
             task = self._inflight.get(name)
             if task is None:
+                self._raise_recent_failure(name, version)
                 task = asyncio.create_task(self._load(spec), name=f"load-adapter:{name}")
                 self._inflight[name] = task
                 task.add_done_callback(self._load_done)
@@ -241,6 +281,16 @@ class AdapterPool:
                 return  # the load left this request a hold: resident and not evictable
             # Loop: the load may have ended without making it ready (e.g. an eviction raced it).
         self._cache.acquire(name)
+
+    def _raise_recent_failure(self, name: str, version: int) -> None:
+        failed = self._failures.get(name)
+        if failed is None:
+            return
+        failed_version, until, err = failed
+        if failed_version != version or time.monotonic() >= until:
+            del self._failures[name]
+            return
+        raise type(err)(f"{err} (remembered; tried again in {until - time.monotonic():.0f}s)")
 
     def _leave(self, name: str) -> bool:
         """A request stops waiting for ``name``'s load; True if the load left it a hold."""
@@ -264,9 +314,10 @@ class AdapterPool:
     async def _load(self, spec: AdapterSpec) -> None:
         name = spec.name
         async with self._lock(name):
-            if self._ready(name):
+            if name in self._cache:  # resident (_acquire replaces an older version first)
                 return
             await self._unloaded(name)  # a previous eviction of this id must finish first
+            self._versions[name] = spec.version or 0
             started = time.monotonic()
             self._set(name, AdapterState.RESOLVING, source=spec.source)
             placed = False
@@ -283,6 +334,9 @@ class AdapterPool:
                 if isinstance(e, Exception):
                     err = _domain_error(name, e)
                     self._set(name, AdapterState.FAILED, error=str(err))
+                    if isinstance(err, _REMEMBERED):
+                        until = time.monotonic() + self.failure_ttl_s
+                        self._failures[name] = (spec.version or 0, until, err)
                     if err is e:
                         raise
                     raise err from e
@@ -370,7 +424,15 @@ class AdapterPool:
             await asyncio.shield(task)
 
 
+# The adapter's own failures, worth remembering; server faults and a full working set are not.
+_REMEMBERED = (AdapterSourceError, InvalidAdapterError, AdapterLoadError)
+
+
 def _domain_error(name: str, e: Exception) -> AdapterError:
+    """Domain errors pass; anything else is the server's fault (an engine or disk failing, out
+    of memory), not the adapter's: engines raise AdapterLoadError for adapters they refuse."""
     if isinstance(e, AdapterError):
         return e
-    return AdapterLoadError(f"adapter '{name}' failed to load: {type(e).__name__}: {e}")
+    return AdapterUnavailableError(
+        f"adapter '{name}' failed to load (a server fault; retry later): {type(e).__name__}: {e}"
+    )

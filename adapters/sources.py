@@ -3,13 +3,19 @@
 ``Fetcher.check`` validates a source URI without touching the network; ``Fetcher.fetch`` returns a
 local directory holding the adapter's files. Hub downloads go through ``huggingface_hub`` (its
 cache, ``HF_TOKEN``, ``HF_HUB_OFFLINE``); S3 downloads land atomically in the budgeted DiskCache.
+
+Hub fetches resolve the revision to a commit and check the files' sizes before downloading, then
+download that commit; a resolved commit is remembered (``hub_resolve_ttl_s``; for ever when the
+revision is a commit), so a working-set miss reads the local copy without asking the Hub. Fetches
+run in their own small thread pool: a stuck download never starves validation's threads; a time
+limit abandons the fetch, and its worker stops at its next progress report or between files.
 """
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +40,7 @@ TEXT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._=+@-]*$")  # one path segment in hf / s3
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REVISION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,127}$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class Fetcher:
         max_bytes: int = 2 * 2**30,
         backoff_s: float = 0.5,
         hf_cache_dir: str | Path | None = None,
+        hub_resolve_ttl_s: float = 300.0,
     ) -> None:
         self.allowed_roots = [Path(os.path.realpath(Path(r).expanduser())) for r in allowed_roots]
         self.cache = DiskCache(cache_dir, cache_max_bytes)
@@ -79,6 +87,9 @@ class Fetcher:
         self.hf_cache_dir = hf_cache_dir  # None: huggingface_hub's own (HF_HUB_CACHE)
         self._s3: Any = None
         self._s3_lock = threading.Lock()
+        self.hub_resolve_ttl_s = hub_resolve_ttl_s
+        self._commits: dict[tuple[str, str | None], tuple[str, float]] = {}  # -> (commit, until)
+        self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="adapter-fetch")
 
     # -- check: syntax and confinement, no network ------------------------------------------------
 
@@ -164,7 +175,8 @@ class Fetcher:
             return await asyncio.to_thread(self._fetch_local, spec, src)
         fetch_one = self._fetch_hf if src.kind == "hf" else self._fetch_s3
         cancel = threading.Event()
-        work = asyncio.to_thread(self._with_retries, spec, src, fetch_one, cancel)
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._pool, self._with_retries, spec, src, fetch_one, cancel)
         try:
             return await asyncio.wait_for(work, self.timeout_s)
         except TimeoutError:
@@ -227,21 +239,61 @@ class Fetcher:
 
         names = self._wanted(spec)
         sub = src.subfolder
-        log.info("adapter %s: fetching %s (revision %s)", spec.name, src.uri, src.revision)
-        root = snapshot_download(
-            src.repo_id,
-            revision=src.revision,
-            allow_patterns=[f"{sub}/{n}" if sub else n for n in names],
-            cache_dir=self.hf_cache_dir,
-        )
+        patterns = [f"{sub}/{n}" if sub else n for n in names]
+        key = (src.repo_id, src.revision)
+        commit, until = self._commits.get(key, ("", 0.0))
+        root: str | None = None
+        if commit and time.monotonic() < until:
+            try:  # resolved recently: the local copy, without asking the Hub
+                root = snapshot_download(
+                    src.repo_id, revision=commit, allow_patterns=patterns,
+                    cache_dir=self.hf_cache_dir, local_files_only=True,
+                )  # fmt: skip
+            except Exception:
+                root = None
+        if root is None:
+            commit = self._hub_commit(spec, src, patterns) or src.revision or ""
+            if cancel.is_set():
+                raise _Cancelled()
+            log.info("adapter %s: fetching %s (revision %s)", spec.name, src.uri, commit or None)
+            root = snapshot_download(
+                src.repo_id, revision=commit or None, allow_patterns=patterns,
+                cache_dir=self.hf_cache_dir, max_workers=1,
+            )  # fmt: skip
+        resolved = Path(root).name  # .../snapshots/<commit>
+        ttl = float("inf") if _COMMIT_RE.match(src.revision or "") else self.hub_resolve_ttl_s
+        self._commits[key] = (resolved, time.monotonic() + ttl)
         path = Path(root) / sub
-        if not any((path / n).is_file() for n in names):
+        present = [path / n for n in names if (path / n).is_file()]
+        if not present:
             raise AdapterSourceError(
                 f"adapter '{spec.name}': {src.uri} has no {' or '.join(names)}"
                 + (f" at revision {src.revision!r}" if src.revision else "")
             )
-        log.info("adapter %s: fetched %s into %s", spec.name, src.uri, path)
+        total = sum(p.stat().st_size for p in present)
+        if total > self.max_bytes:
+            raise InvalidAdapterError(
+                f"adapter '{spec.name}': {total} bytes at {src.uri} exceed the per-adapter "
+                f"cap of {self.max_bytes} bytes"
+            )
+        log.info("adapter %s: fetched %s at commit %s into %s", spec.name, src.uri, resolved, path)
         return path
+
+    def _hub_commit(self, spec: AdapterSpec, src: Source, patterns: list[str]) -> str | None:
+        """The commit ``src.revision`` resolves to, after checking the files' sizes against the
+        per-adapter cap (before any download); None when the Hub is not consulted (offline)."""
+        from huggingface_hub import HfApi, constants
+
+        if constants.HF_HUB_OFFLINE:
+            return None
+        info = HfApi().model_info(src.repo_id, revision=src.revision, files_metadata=True)
+        total = sum(s.size or 0 for s in info.siblings or [] if s.rfilename in patterns)
+        if total > self.max_bytes:
+            raise InvalidAdapterError(
+                f"adapter '{spec.name}': {total} bytes at {src.uri} exceed the per-adapter "
+                f"cap of {self.max_bytes} bytes"
+            )
+        return info.sha
 
     def _s3_client(self) -> Any:
         with self._s3_lock:
@@ -292,7 +344,7 @@ class Fetcher:
                 s3.download_file(src.bucket, prefix + n, str(tmp / n), Callback=progress)
             return self.cache.commit(key, tmp)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a commit
+            self.cache.discard(tmp)  # gone already after a commit
 
 
 class _Progress:

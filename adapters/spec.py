@@ -37,6 +37,11 @@ class AdapterSpec(BaseModel):
     pinned: bool = Field(default=False, description="Keep resident once loaded; never evicted.")
     rank: int | None = Field(default=None, description="LoRA rank, known after validation.")
     size_bytes: int | None = Field(default=None, description="Weight bytes, known after fetch.")
+    version: int | None = Field(
+        default=None,
+        description="Set by the registry, not by users: grows each time this name is registered "
+        "(a replaced adapter gets a higher version, so replicas never serve the old weights).",
+    )
 
     @field_validator("name")
     @classmethod

@@ -30,7 +30,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         for kind, models in ((AdapterKind.TEXT, cfg.llm), (AdapterKind.IMAGE, cfg.image))
         for m in models
     }
-    registry = AdapterRegistry.bind(bases)
+    registry = AdapterRegistry.bind(bases, cfg.state_dir)
     sources = cfg.sources.model_dump(mode="json")
     llms = {
         m.name: LLMDeployment.options(name=f"llm:{m.name}", **_options(m.deployment)).bind(
@@ -90,4 +90,5 @@ def _absolute(cfg: AppConfig) -> AppConfig:
         for a in m["adapters"]:
             a["source"] = fix_source(a["source"])
     data["sources"]["allowed_roots"] = [fix(r) for r in data["sources"]["allowed_roots"]]
+    data["state_dir"] = fix(data["state_dir"])
     return AppConfig.model_validate(data)

@@ -187,6 +187,11 @@ class AppConfig(_Strict):
         description="Bearer token for the admin API; default from LORASERVE_ADMIN_TOKEN.",
     )
     max_request_bytes: PositiveInt = Field(default=1_000_000, description="Request body cap.")
+    state_dir: str = Field(
+        default_factory=env.state_dir,
+        description="Directory of the durable adapter catalogue (a SQLite file); on a cluster, a "
+        "path on shared storage the registry's node can reach. Default from LORASERVE_STATE_DIR.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "AppConfig":

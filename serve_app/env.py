@@ -20,3 +20,8 @@ def admin_token() -> str | None:
 def demo_dir() -> str:
     """Where ``python -m serve_app.demo`` writes the demo assets."""
     return get("DEMO_DIR", ".demo")
+
+
+def state_dir() -> str:
+    """Where the registry keeps the adapter catalogue (``state_dir`` in the config)."""
+    return get("STATE_DIR", "~/.local/state/loraserve")

@@ -17,14 +17,16 @@ from pydantic import ValidationError
 from ray import serve
 
 from adapters import ids
-from adapters.errors import AdapterExistsError, UnknownModelError
-from adapters.spec import AdapterKind, AdapterSpec
+from adapters.catalog import Catalog
+from adapters.errors import AdapterExistsError, UnknownModelError, unknown_model
+from adapters.spec import AdapterSpec
 from serve_app import errors
 from serve_app.config import AppConfig
 from serve_app.deployments.logs import to_replica_log
 from serve_app.request_errors import (
     BodyTooLargeError,
     InvalidRequestError,
+    ReplicaUnavailableError,
     UnauthorizedError,
     invalid_field,
 )
@@ -40,11 +42,31 @@ async def _any_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _error(exc: BaseException) -> JSONResponse:
-    exc = getattr(exc, "cause", None) or exc  # unwrap RayTaskError from a deployment
+    exc = _unwrap(exc)
     status, body = errors.to_http(exc)
     if status >= 500:
         logger.error("request failed: %r", exc)
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=errors.headers(status))
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The deployment's own error out of Ray's wrapper; Ray's replica faults as domain errors."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError
+
+    if isinstance(exc, RayActorError | ActorUnavailableError):
+        return ReplicaUnavailableError(
+            "the replica serving this request stopped (Serve is replacing it); retry"
+        )
+    if isinstance(exc, BackPressureError):
+        return ReplicaUnavailableError(f"overloaded: {exc}")
+    return getattr(exc, "cause", None) or exc  # unwrap RayTaskError from a deployment
+
+
+def _replica_died(exc: BaseException) -> bool:
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    return isinstance(exc, RayActorError | ActorUnavailableError)
 
 
 # NOTE: helpers are defined before the class: @serve.ingress serialises the app (and what its
@@ -74,7 +96,7 @@ async def _sse(gen: AsyncIterator[str]) -> AsyncIterator[str]:
         async for chunk in gen:
             yield chunk
     except Exception as exc:  # after the status line: report in-band, as OpenAI streams do
-        status, body = errors.to_http(getattr(exc, "cause", None) or exc)
+        status, body = errors.to_http(_unwrap(exc))
         logger.error("stream failed: %r", exc)
         yield f"data: {json.dumps(body)}\n\n"
 
@@ -87,7 +109,7 @@ class Ingress:
         self.cfg = AppConfig.model_validate(cfg)
         self.llms, self.images, self.registry = llms, images, registry
         self.image_cfgs = {c.name: c for c in self.cfg.image}
-        self.catalog: dict[str, Any] = {"version": 0, "bases": {}}
+        self.catalog = Catalog()
         self._refresh_lock = asyncio.Lock()
         self._poller: asyncio.Task | None = None
 
@@ -97,11 +119,11 @@ class Ingress:
     # CATALOG_REFRESH_S; admin writes refresh at once, and an unknown name refreshes once before
     # answering 404, so an adapter registered through another ingress replica is found too.
 
-    async def _bases(self) -> dict[str, Any]:
+    async def _bases(self) -> Catalog:
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
             await self._refresh(force=True)
-        return self.catalog["bases"]
+        return self.catalog
 
     async def _poll(self) -> None:
         while True:
@@ -111,44 +133,41 @@ class Ingress:
             except Exception as e:  # the registry restarting must not stop the ingress
                 logger.warning("catalogue refresh failed: %r", e)
 
-    async def _refresh(self, force: bool = False) -> dict[str, Any]:
+    async def _refresh(self, force: bool = False) -> Catalog:
         """Re-read the registry if it changed (one tiny versioned call)."""
         async with self._refresh_lock:
-            snap = await self.registry.snapshot.remote(0 if force else self.catalog["version"])
+            snap = await self.registry.snapshot.remote(0 if force else self.catalog.version)
             if snap is not None:
                 self.catalog = snap
-        return self.catalog["bases"]
+        return self.catalog
 
     async def _lookup(self, model: str) -> ids.ModelId:
-        bases = await self._bases()
+        catalog = await self._bases()
         try:
-            return ids.resolve(model, {b: v["adapters"].keys() for b, v in bases.items()})
+            return ids.resolve(model, catalog.names())
         except UnknownModelError:
-            bases = await self._refresh()
-            return ids.resolve(model, {b: v["adapters"].keys() for b, v in bases.items()})
+            return ids.resolve(model, (await self._refresh()).names())
 
     async def _resolve(self, model: Any, kind: str) -> tuple[str, AdapterSpec | None]:
         if not isinstance(model, str):
             raise InvalidRequestError("'model' must be a string", param="model")
         mid = await self._lookup(model)
-        bases = self.catalog["bases"]
-        if bases[mid.base]["kind"] != kind:
+        if self.catalog.base(mid.base).kind != kind:
             route = "/v1/images/generations" if kind == "text" else "/v1/completions"
             raise InvalidRequestError(
                 f"model '{mid.base}' is not a {kind} model; use {route}", param="model"
             )
-        spec = bases[mid.base]["adapters"][mid.adapter] if mid.adapter else None
-        return mid.base, AdapterSpec.model_validate(spec) if spec else None
+        return mid.base, self.catalog.adapter(mid.base, mid.adapter) if mid.adapter else None
 
     # ---- OpenAI API ------------------------------------------------------------------------
 
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
-        bases = await self._bases()
+        catalog = await self._bases()
         data = []
-        for base, b in bases.items():
-            data.append(_card(base, None, b["root"]))
-            data += [_card(f"{base}:{n}", base, s["source"]) for n, s in b["adapters"].items()]
+        for base, b in catalog.bases.items():
+            data.append(_card(base, None, b.root))
+            data += [_card(f"{base}:{n}", base, s.source) for n, s in b.adapters.items()]
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions")
@@ -164,10 +183,17 @@ class Ingress:
         base, spec = await self._resolve(body.get("model"), "text")
         handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
         spec_dict = spec.model_dump(mode="json") if spec else None
-        if body.get("stream") is not True:
-            return JSONResponse(await handle.complete.remote(kind, body, spec_dict))
-        gen = handle.options(stream=True).generate.remote(kind, body, spec_dict)
-        first = await gen.__anext__()  # raises the deployment's error before any byte is sent
+        for attempt in (1, 2):  # NOTE: once more on another replica if ours died before answering
+            try:
+                if body.get("stream") is not True:
+                    return JSONResponse(await handle.complete.remote(kind, body, spec_dict))
+                gen = handle.options(stream=True).generate.remote(kind, body, spec_dict)
+                first = await gen.__anext__()  # the deployment's error, before any byte is sent
+                break
+            except Exception as e:
+                if attempt == 2 or not _replica_died(e):
+                    raise
+                logger.warning("replica died before answering (%r): retrying once", e)
         if first is not None:
             return JSONResponse(first)
         return StreamingResponse(_sse(gen), media_type="text/event-stream")
@@ -179,12 +205,10 @@ class Ingress:
         body = await self._json(request)
         base, spec = await self._resolve(body.get("model") or self._default_image(), "image")
         req = _validated(lambda: parse_image_request(body, self.image_cfgs[base]))
-        adapters = self.catalog["bases"][base]["adapters"]
-        mix = []
-        for name, weight in adapter_mix(req, spec.name if spec else None):
-            if name not in adapters:
-                raise UnknownModelError(f"The model '{base}:{name}' does not exist.")
-            mix.append({"spec": adapters[name], "weight": weight})
+        mix = [
+            {"spec": self.catalog.adapter(base, name).model_dump(mode="json"), "weight": weight}
+            for name, weight in adapter_mix(req, spec.name if spec else None)
+        ]
         mid = ",".join(sorted(m["spec"]["name"] for m in mix))
         handle = self.images[base].options(multiplexed_model_id=mid)
         return JSONResponse(await handle.generate.remote(req.job(), mix))
@@ -199,32 +223,37 @@ class Ingress:
     @app.get("/v1/adapters")
     async def list_adapters(self, request: Request) -> dict[str, Any]:
         self._admin(request)
-        bases = await self._refresh()
+        catalog = await self._refresh()
         replicas = await self._replica_states()
         data = []
-        for base, b in bases.items():
-            for name, s in b["adapters"].items():
+        for base, b in catalog.bases.items():
+            for name, s in b.adapters.items():
                 states = {r: st.get(name, "not_loaded") for r, st in replicas.get(base, {}).items()}
-                data.append({**s, "id": f"{base}:{name}", "replicas": states})
+                data.append(
+                    {**s.model_dump(mode="json"), "id": f"{base}:{name}", "replicas": states}
+                )
         return {"object": "list", "data": data}
 
     @app.post("/v1/adapters", status_code=201)
     async def register_adapter(self, request: Request) -> JSONResponse:
         self._admin(request)
         body = await self._json(request)
-        bases = await self._refresh()
+        catalog = await self._refresh()
         base = body.get("base")
-        if base not in bases:
-            raise UnknownModelError(f"The model '{base}' does not exist (field 'base').")
-        kind = AdapterKind(bases[base]["kind"])
-        spec = _validated(lambda: AdapterSpec.model_validate({"kind": kind, **body}))
-        if spec.name in bases[base]["adapters"]:
+        if base not in catalog.bases:
+            raise unknown_model(str(base), "field 'base'")
+        kind = catalog.bases[base].kind
+        spec = _validated(
+            lambda: AdapterSpec.model_validate({"kind": kind, **body, "version": None})
+        )
+        if spec.name in catalog.bases[base].adapters:
             raise AdapterExistsError(f"adapter '{base}:{spec.name}' is already registered")
         deployment = self.llms.get(base) or self.images[base]
         checked = await deployment.validate_adapter.remote(spec.model_dump(mode="json"))
-        await self.registry.add.remote(checked)
+        stored: AdapterSpec = await self.registry.add.remote(checked)  # atomic: one 201 per name
         await self._refresh(force=True)
-        return JSONResponse({**checked, "id": f"{base}:{spec.name}"}, status_code=201)
+        body = {**stored.model_dump(mode="json"), "id": f"{base}:{spec.name}"}
+        return JSONResponse(body, status_code=201)
 
     @app.delete("/v1/adapters/{name}")
     async def delete_adapter(self, name: str, request: Request) -> dict[str, Any]:
@@ -251,10 +280,9 @@ class Ingress:
 
     async def _admin_target(self, name: str) -> tuple[str, AdapterSpec]:
         mid = await self._lookup(name)
-        bases = self.catalog["bases"]
         if mid.adapter is None:
             raise InvalidRequestError(f"'{name}' is a base model, not an adapter")
-        return mid.base, AdapterSpec.model_validate(bases[mid.base]["adapters"][mid.adapter])
+        return mid.base, self.catalog.adapter(mid.base, mid.adapter)
 
     async def _replica_states(self) -> dict[str, dict[str, dict[str, str]]]:
         """Per base, per replica: adapter states, from one replica each (best effort)."""

@@ -40,3 +40,11 @@ class UnauthorizedError(Exception):
 
 class EngineError(Exception):
     """The engine failed on a valid request (a bug or a resource problem, not the user's input)."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine cannot take the request now (overloaded, dead, restarting): retry later."""
+
+
+class ReplicaUnavailableError(EngineError):
+    """The replica serving the request died or is overloaded; Serve replaces it: retry later."""

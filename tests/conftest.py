@@ -1,6 +1,13 @@
 """Markers come from the folder: tests/unit, tests/integration, tests/e2e, tests/cluster."""
 
+import os
+import tempfile
+
 import pytest
+
+# Apps built by tests keep their adapter catalogue in a fresh directory per test session (the
+# default, ~/.local/state/loraserve, would carry registrations from one run into the next).
+os.environ.setdefault("LORASERVE_STATE_DIR", tempfile.mkdtemp(prefix="loraserve-test-state-"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

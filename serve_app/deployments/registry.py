@@ -1,21 +1,26 @@
 """The adapter registry: which adapters each base serves, from config and from the admin API.
 
-One replica holds the catalogue; ingresses and model replicas poll ``snapshot`` (cheap, versioned)
-so a registered adapter is servable at once and a deleted one is unloaded everywhere. The
-catalogue lives in memory: adapters registered at runtime are lost when the application restarts
-(config-declared ones come back).
+One replica serves the catalogue; ingresses and model replicas poll ``snapshot`` (cheap,
+versioned) so a registered adapter is servable at once and a deleted one is unloaded everywhere.
+The adapters are durable in a SQLite file under ``state_dir`` (adapters/store.py): runtime
+registrations, pins and deletions survive a registry restart, an application restart and a
+redeploy. The bases (kind, weights) come from the config of the running application.
 """
 
 import logging
+import threading
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from adapters.errors import AdapterExistsError, UnknownModelError
-from adapters.spec import AdapterSpec
+from adapters.catalog import BaseEntry, Catalog
+from adapters.spec import AdapterKind, AdapterSpec
+from adapters.store import CatalogStore
 from serve_app.deployments.logs import to_replica_log
 
 logger = logging.getLogger("serve_app.registry")
+STORE_FILE = "catalog.sqlite3"
 
 
 # Polled by every ingress and model replica: no access log line per poll.
@@ -26,67 +31,64 @@ logger = logging.getLogger("serve_app.registry")
     logging_config={"enable_access_log": False},
 )
 class AdapterRegistry:
-    def __init__(self, bases: dict[str, dict[str, Any]]) -> None:
-        """``bases``: base id -> {"kind": "text"|"image", "root": model ref, "adapters": [spec]}."""
+    def __init__(self, bases: dict[str, dict[str, Any]], state_dir: str) -> None:
+        """``bases``: base id -> {"kind": "text"|"image", "root": model ref, "adapters": [spec]};
+        ``state_dir``: where the catalogue file lives (shared storage on a cluster)."""
         to_replica_log()
-        self.version = 1
-        self.bases = {
-            base: {
-                "kind": b["kind"],
-                "root": b["root"],
-                "adapters": {s["name"]: AdapterSpec.model_validate(s) for s in b["adapters"]},
-            }
-            for base, b in bases.items()
+        self.store = CatalogStore(Path(state_dir).expanduser() / STORE_FILE)
+        self._bases = {b: (AdapterKind(v["kind"]), v["root"]) for b, v in bases.items()}
+        self._shape = Catalog(
+            bases={b: BaseEntry(kind=k, root=r) for b, (k, r) in self._bases.items()}
+        )
+        declared = {
+            b: [AdapterSpec.model_validate(s) for s in v["adapters"]] for b, v in bases.items()
         }
+        version = self.store.apply_config(declared)
+        self._lock = threading.Lock()  # NOTE: sync methods run in Serve's thread pool
+        self._catalog = Catalog()
+        logger.info("adapter catalogue at %s (version %d)", self.store.path, version)
 
-    def snapshot(self, known_version: int = 0) -> dict[str, Any] | None:
-        """The whole catalogue as JSON-able dicts, or None if the caller's version is current."""
-        if known_version == self.version:
+    def snapshot(self, known_version: int = 0) -> Catalog | None:
+        """The whole catalogue, or None if the caller's version is current."""
+        version = self.store.version()
+        if known_version == version:
             return None
-        return {
-            "version": self.version,
-            "bases": {
-                base: {
-                    "kind": b["kind"],
-                    "root": b["root"],
-                    "adapters": {n: s.model_dump(mode="json") for n, s in b["adapters"].items()},
-                }
-                for base, b in self.bases.items()
-            },
-        }
+        with self._lock:
+            if self._catalog.version != version:
+                self._catalog = self._read()
+            return self._catalog
 
-    def add(self, spec: dict[str, Any]) -> int:
+    def add(self, spec: dict[str, Any]) -> AdapterSpec:
+        """Register; returns the stored spec with its version. AdapterExistsError if taken."""
         s = AdapterSpec.model_validate(spec)
-        adapters = self._base(s.base)["adapters"]
-        if s.name in adapters:
-            raise AdapterExistsError(f"adapter '{s.base}:{s.name}' is already registered")
-        adapters[s.name] = s
-        logger.info("registered adapter %s:%s from %s", s.base, s.name, s.source)
-        return self._bump()
+        self._shape.base(s.base)  # an unknown base: 404
+        stored = self.store.add(s)
+        logger.info(
+            "registered adapter %s:%s from %s (version %d)",
+            s.base,
+            s.name,
+            s.source,
+            stored.version,
+        )
+        return stored
 
     def remove(self, base: str, name: str) -> int:
-        self.get(base, name)
-        del self.bases[base]["adapters"][name]
+        version = self.store.remove(base, name)
         logger.info("deleted adapter %s:%s", base, name)
-        return self._bump()
+        return version
 
     def set_pinned(self, base: str, name: str, pinned: bool) -> int:
-        spec = self.get(base, name)
-        self.bases[base]["adapters"][name] = spec.model_copy(update={"pinned": pinned})
+        version = self.store.set_pinned(base, name, pinned)
         logger.info("%s adapter %s:%s", "pinned" if pinned else "unpinned", base, name)
-        return self._bump()
+        return version
 
-    def get(self, base: str, name: str) -> AdapterSpec:
-        spec = self._base(base)["adapters"].get(name)
-        if spec is None:
-            raise UnknownModelError(f"The model '{base}:{name}' does not exist.")
-        return spec
-
-    def _base(self, base: str | None) -> dict[str, Any]:
-        if base not in self.bases:
-            raise UnknownModelError(f"The model '{base}' does not exist.")
-        return self.bases[base]
-
-    def _bump(self) -> int:
-        self.version += 1
-        return self.version
+    def _read(self) -> Catalog:
+        """The store's adapters for the configured bases (others are kept, not served)."""
+        version, stored = self.store.load()
+        return Catalog(
+            version=version,
+            bases={
+                b: BaseEntry(kind=kind, root=root, adapters=stored.get(b, {}))
+                for b, (kind, root) in self._bases.items()
+            },
+        )

@@ -3,6 +3,7 @@ sources config, and the adapter pool with its residency reporter (for routers) a
 follower (deletes and pins made through the admin API reach this replica).
 """
 
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from serve_app.deployments.metrics import ReplicaMetrics
 from serve_app.deployments.registry_sync import RegistryFollower
 from serve_app.engines.base import AdapterEngine
 from serve_app.routing.publisher import ResidencyReporter
+
+log = logging.getLogger("serve_app.working_set")
 
 
 def make_fetcher(sources: SourceOptions) -> Fetcher:
@@ -53,7 +56,9 @@ class WorkingSet:
         registry: Any,
         pinned: list[AdapterSpec],
     ) -> "WorkingSet":
-        """Build the pool, then pin the config's pinned adapters (loading them now)."""
+        """Build the pool, then load the pinned adapters now: those the registry's catalogue pins
+        (with their versions; runtime pins included), or the config's when there is no registry
+        or it cannot be reached."""
         residency = ResidencyReporter()
         metrics = ReplicaMetrics()
         pressure = AdapterPressure(slots=max_count)
@@ -76,8 +81,17 @@ class WorkingSet:
         residency.bind(pool)
         metrics.bind(pool)
         follower = RegistryFollower(registry, base, pool) if registry else None
-        for spec in pinned:
-            await pool.pin(spec)
+        synced = False
+        if follower is not None:
+            try:
+                await follower.sync()  # NOTE: pins as the catalogue says, before we are ready
+                synced = True
+            except Exception as e:
+                log.warning("registry unreachable (%r): pinning the config's adapters", e)
+            follower.start()
+        if not synced:
+            for spec in pinned:
+                await pool.pin(spec)
         return cls(pool, residency, follower, metrics, pressure)
 
 

@@ -2,6 +2,8 @@
 vLLM's outputs. Adapters use the Transformers PEFT integration (``load_adapter``, ``set_adapter``,
 ``disable_adapters``, ``delete_adapter``). The active adapter is model-global state, so requests
 run one at a time under a lock, in a worker thread; there is no cross-adapter batching here.
+A request that goes away (client disconnect, cancelled call) stops its generation at the next
+token and releases the lock.
 """
 
 import asyncio
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapters.errors import AdapterLoadError, UnknownModelError
+from adapters.errors import AdapterLoadError, unknown_model
 from serve_app.request_errors import RequestTooLargeError, invalid_field
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ class PeftEngine:
         self._adapters: set[str] = set()
         self._lock = threading.Lock()
         self._info: BaseModelInfo | None = None
+        self.generating = 0  # generations holding the model now
+        self.cancelled = 0  # generations stopped because their request went away
 
     async def start(self) -> None:
         await asyncio.to_thread(self._start)
@@ -133,7 +137,11 @@ class PeftEngine:
         return await self._respond(req, list(ids), "chat.completion", limit)
 
     def stats(self) -> dict[str, Any]:
-        return {"adapters": sorted(self._adapters)}
+        return {
+            "adapters": sorted(self._adapters),
+            "generating": self.generating,
+            "cancelled": self.cancelled,
+        }
 
     async def shutdown(self) -> None:
         return None
@@ -144,7 +152,7 @@ class PeftEngine:
         self, req: _Sampling, prompt: list[int], obj: str, max_tokens: int
     ) -> dict[str, Any] | AsyncIterator[str]:
         if req.model != self.name and req.model not in self._adapters:
-            raise UnknownModelError(f"The model '{req.model}' does not exist.")
+            raise unknown_model(req.model)
         if len(prompt) + max_tokens > self.max_model_len:
             raise RequestTooLargeError(
                 f"This model's maximum context length is {self.max_model_len} tokens; the prompt "
@@ -161,8 +169,13 @@ class PeftEngine:
         return await self._whole(req, prompt, obj, max_tokens, meta)
 
     async def _whole(self, req, prompt, obj, max_tokens, meta) -> dict[str, Any]:
-        gen = self._generate(req, prompt, max_tokens)
-        tokens, finish = await asyncio.to_thread(_drain, gen)
+        stop = threading.Event()
+        gen = self._generate(req, prompt, max_tokens, stop)
+        try:
+            tokens, finish = await asyncio.to_thread(_drain, gen)
+        except asyncio.CancelledError:
+            stop.set()  # NOTE: the thread runs on until its next token, then frees the lock
+            raise
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if obj == "text_completion":
@@ -182,10 +195,11 @@ class PeftEngine:
         chunk_obj = "text_completion" if obj == "text_completion" else "chat.completion.chunk"
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
+        stop = threading.Event()
 
         def produce() -> None:
             try:
-                for item in self._generate(req, prompt, max_tokens):
+                for item in self._generate(req, prompt, max_tokens, stop):
                     loop.call_soon_threadsafe(queue.put_nowait, item)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
@@ -193,26 +207,44 @@ class PeftEngine:
         worker = loop.run_in_executor(None, produce)
         tokens: list[int] = []
         sent = ""
-        if obj != "text_completion":
-            yield _sse(meta, chunk_obj, {"index": 0, "delta": {"role": "assistant"}})
-        while (item := await queue.get()) is not None:
-            token, finish = item
-            if token is not None:
-                tokens.append(token)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            delta, sent = text[len(sent) :], text
-            body = {"text": delta} if obj == "text_completion" else {"delta": {"content": delta}}
-            yield _sse(meta, chunk_obj, {"index": 0, **body, "finish_reason": finish})
+        try:
+            if obj != "text_completion":
+                yield _sse(meta, chunk_obj, {"index": 0, "delta": {"role": "assistant"}})
+            while (item := await queue.get()) is not None:
+                token, finish = item
+                if token is not None:
+                    tokens.append(token)
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                delta, sent = text[len(sent) :], text
+                body = (
+                    {"text": delta} if obj == "text_completion" else {"delta": {"content": delta}}
+                )
+                yield _sse(meta, chunk_obj, {"index": 0, **body, "finish_reason": finish})
+        finally:
+            stop.set()  # NOTE: a consumer that went away (cancel, aclose) stops the generation
         await worker
         yield "data: [DONE]\n\n"
 
-    def _generate(self, req: _Sampling, prompt: list[int], max_tokens: int) -> Iterator[tuple]:
-        """Yield (token, finish_reason or None) one token at a time, holding the model lock."""
+    def _generate(
+        self, req: _Sampling, prompt: list[int], max_tokens: int, stop: threading.Event
+    ) -> Iterator[tuple]:
+        """Yield (token, finish_reason or None) one token at a time, holding the model lock;
+        ends early (releasing the lock) once ``stop`` is set."""
+        with self._lock:
+            self.generating += 1
+            try:
+                yield from self._tokens(req, prompt, max_tokens, stop)
+            finally:
+                self.generating -= 1
+
+    def _tokens(
+        self, req: _Sampling, prompt: list[int], max_tokens: int, stop: threading.Event
+    ) -> Iterator[tuple]:
         import torch
 
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         gen = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             if req.model == self.name:
                 if self._adapters:
                     self.model.disable_adapters()
@@ -222,6 +254,9 @@ class PeftEngine:
             ids = torch.tensor([prompt])
             past, out = None, []
             for step in range(max_tokens):
+                if stop.is_set():
+                    self.cancelled += 1
+                    return
                 res = self.model(input_ids=ids, past_key_values=past, use_cache=True)
                 past, logits = res.past_key_values, res.logits[0, -1].float()
                 token = _sample(logits, req.temperature, req.top_p, gen)

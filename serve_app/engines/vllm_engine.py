@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from adapters.errors import AdapterLoadError, UnknownModelError
+from adapters.errors import AdapterLoadError, AdapterUnavailableError, UnknownModelError
 from serve_app.request_errors import (
     EngineError,
+    EngineUnavailableError,
     InvalidRequestError,
     RequestTooLargeError,
     invalid_field,
@@ -98,12 +99,20 @@ class VLLMEngine:
         return self._info
 
     async def load_adapter(self, name: str, path: str, weight_name: str | None = None) -> None:
+        """Load ``name`` from ``path`` under a fresh LoRA int id.
+
+        NOTE: vLLM keys LoRAs by int id (its CPU cache, its prefix cache): a name loaded again
+        (a replaced adapter's new version) must not reuse the old id, so the old one goes first.
+        """
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
 
+        await self.unload_adapter(name)
         result = await self._models.load_lora_adapter(
             LoadLoRAAdapterRequest(lora_name=name, lora_path=path), base_model_name=self.name
         )
         if not isinstance(result, str):
+            if result.error.code >= 500:  # the engine failed (dead, out of memory), not the file
+                raise AdapterUnavailableError(f"adapter '{name}': vLLM: {result.error.message}")
             raise AdapterLoadError(f"adapter '{name}': vLLM refused it: {result.error.message}")
 
     async def unload_adapter(self, name: str) -> None:
@@ -134,14 +143,22 @@ class VLLMEngine:
         return await _call(self._chat, self._chat.create_chat_completion, request)
 
     def stats(self) -> dict[str, Any]:
-        """Adapter sets that vLLM's scheduler ran together (its lora_requests_info gauge)."""
+        """Adapter sets that vLLM's scheduler ran together (its lora_requests_info gauge), tokens
+        generated so far, and requests not finished (a disconnected client's are aborted)."""
         from prometheus_client import REGISTRY
 
         together: set[str] = set()
+        generated = 0.0
         for metric in REGISTRY.collect():
             if metric.name == "vllm:lora_requests_info":
                 together |= {s.labels.get("running_lora_adapters", "") for s in metric.samples}
-        return {"running_lora_adapter_sets": sorted(t for t in together if t)}
+            if metric.name == "vllm:generation_tokens":
+                generated += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+        return {
+            "running_lora_adapter_sets": sorted(t for t in together if t),
+            "generation_tokens": int(generated),
+            "unfinished_requests": self.client.get_num_unfinished_requests(),
+        }
 
     async def shutdown(self) -> None:
         await self._stack.aclose()
@@ -163,9 +180,12 @@ def _parse(model: type, body: dict[str, Any]) -> Any:
 async def _call(serving: Any, create: Any, request: Any) -> dict[str, Any] | AsyncIterator[str]:
     """Run one serving-layer call; vLLM's own mapping turns its client errors into responses."""
     from vllm.exceptions import VLLMClientError
+    from vllm.v1.engine.exceptions import EngineDeadError
 
     try:
         result = await create(request, raw_request=None)
+    except EngineDeadError as e:  # the health check fails too: Serve replaces this replica
+        raise EngineUnavailableError(f"the engine stopped ({e}); retry") from None
     except (VLLMClientError, ValueError) as e:
         result = serving.create_error_response(e)
     return _result(result)
@@ -182,6 +202,8 @@ def _result(result: Any) -> dict[str, Any] | AsyncIterator[str]:
             raise RequestTooLargeError(err.message, param=err.param or "prompt")
         if 400 <= err.code < 500:
             raise InvalidRequestError(err.message, param=err.param)
+        if err.code == 503:  # vLLM's own "retry later" stays a 503
+            raise EngineUnavailableError(err.message)
         raise EngineError(err.message)
     if hasattr(result, "model_dump"):
         return result.model_dump(mode="json", exclude_none=True)

@@ -72,7 +72,7 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="package")
-def app_url(demo_assets: dict, metrics_port: int) -> str:
+def app_url(demo_assets: dict, metrics_port: int, tmp_path_factory) -> str:
     """Start the app on a free port; yield its base URL; shut Ray down after this folder."""
     import ray
     from ray import serve
@@ -90,7 +90,8 @@ def app_url(demo_assets: dict, metrics_port: int) -> str:
         _system_config={"metrics_report_interval_ms": 1000},  # scraped by test_metrics.py
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(app_config(demo_assets)), name="loraserve", route_prefix="/")
+    cfg = {**app_config(demo_assets), "state_dir": str(tmp_path_factory.mktemp("state"))}
+    serve.run(build_app(cfg), name="loraserve", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url)
     yield url

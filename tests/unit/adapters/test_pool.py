@@ -11,7 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.errors import AdapterCapacityError, AdapterLoadError, AdapterSourceError
+from adapters.errors import (
+    AdapterCapacityError,
+    AdapterSourceError,
+    AdapterUnavailableError,
+)
 from adapters.pool import AdapterPool, AdapterState
 from adapters.spec import AdapterSpec
 
@@ -169,7 +173,8 @@ def test_failed_prepare_reaches_every_waiter_then_a_later_request_retries():
     events = []
 
     async def scenario():
-        pool = engine.pool(on_event=lambda n, s, info: events.append((n, s)))
+        # failure_ttl_s=0: no negative cache here (test_pool_versions.py tests it)
+        pool = engine.pool(on_event=lambda n, s, info: events.append((n, s)), failure_ttl_s=0)
         results = await asyncio.gather(
             *(request(pool, engine, "a") for _ in range(5)), return_exceptions=True
         )
@@ -198,7 +203,10 @@ def test_engine_exception_becomes_a_domain_error_and_frees_the_slot():
 
     async def scenario():
         pool = AdapterPool(prepare=prepare, load=load, unload=unload, max_count=1)
-        with pytest.raises(AdapterLoadError, match="adapter 'a' failed to load.*out of memory"):
+        # issue 15: out of memory is the server's fault (503), not the adapter's (was 422)
+        with pytest.raises(
+            AdapterUnavailableError, match="adapter 'a' failed to load.*out of memory"
+        ):
             await pool.ensure(spec("a"))
         return pool.snapshot()
 

@@ -296,9 +296,12 @@ def test_disk_cache_rebuilds_its_index_and_drops_partial_downloads(tmp_path):
     entry = cache.commit("k1", tmp)
     partial = cache.new_tmp()
     (partial / "w").write_bytes(b"half")
+    live = cache.new_tmp()  # issue 15: another process's download in progress is kept
+    os.close(cache._tmp_locks.pop(partial))  # its downloader crashed: the lock file is free
     again = DiskCache(tmp_path, max_bytes=100)
     assert again.lookup("k1") == entry and again.total_bytes == 40
     assert not partial.exists()
+    assert live.exists()
     big = again.new_tmp()
     (big / "w").write_bytes(b"x" * 101)
     with pytest.raises(AdapterSourceError, match="do not fit the disk cache budget"):

@@ -56,7 +56,10 @@ def test_parse_does_not_need_a_catalog():
         (ae.AdapterSourceError("x"), 422),
         (ae.AdapterFetchTimeoutError("x"), 504),
         (ae.AdapterExistsError("x"), 409),
-        (ae.AdapterCapacityError("x"), 409),
+        (ae.AdapterCapacityError("x"), 503),  # issue 15: a full working set is 503, not 409
+        (ae.AdapterUnavailableError("x"), 503),
+        (request_errors.EngineUnavailableError("x"), 503),
+        (request_errors.EngineError("x"), 500),
         (request_errors.InvalidRequestError("x", param="n"), 400),
         (request_errors.BodyTooLargeError("x"), 413),
         (request_errors.UnauthorizedError("x"), 401),

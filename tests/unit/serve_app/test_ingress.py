@@ -80,10 +80,10 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def setup(monkeypatch):
+def setup(monkeypatch, tmp_path):
     calls: list = []
     llm = FakeLLM()
-    registry = AdapterRegistry.func_or_class(BASES)
+    registry = AdapterRegistry.func_or_class(BASES, str(tmp_path))  # its catalogue file
     cfg = {"admin_token": TOKEN, "max_request_bytes": 10_000,
            "llm": [{"name": "tiny", "model": "/models/tiny"}],
            "image": [{"name": "pics", "model": "/models/pics"}]}  # fmt: skip
