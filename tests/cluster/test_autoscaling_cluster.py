@@ -67,14 +67,14 @@ def cluster(demo_assets):
     path = Path(temp_dir) / "cluster.yaml"
     path.write_text(json.dumps(cfg))
     head = cfg["available_node_types"]["ray.head.default"]["resources"]
-    # NOTE: `ray start` turns on token auth when ~/.ray/auth_token exists, and this driver (whose
-    # Ray config was read when Ray was first imported) would then be refused: a cluster that
-    # listens on this machine only, for one test, runs without it (the fake nodes inherit it).
+    # NOTE: `ray start` turns on token auth when ~/.ray/auth_token exists unless RAY_AUTH_MODE
+    # says otherwise, and this driver's Ray config (read when Ray was first imported) must agree:
+    # the head (and the fake nodes it starts) get this process's mode, or "disabled" if unset.
     env = {
         **os.environ,
         "RAY_FAKE_CLUSTER": "1",
         "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-        "RAY_AUTH_MODE": "disabled",
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
     }
     ports = {
         flag: free_port()

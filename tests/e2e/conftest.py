@@ -5,6 +5,7 @@ demo models built by the same builder ``make run`` uses. Started once for this f
 
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 ADMIN_TOKEN = "e2e-admin-token"
 BASE = "tiny-llama"
 REF_BASE = "tiny-llama-ref"  # same weights, Transformers+PEFT engine, adapters prefixed "ref-"
+CLUSTER: dict[str, str] = {}  # what the app fixture started: "dashboard_url"
 
 
 def _free_port() -> int:
@@ -82,13 +84,19 @@ def app_url(demo_assets: dict, metrics_port: int, tmp_path_factory) -> str:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     port = _free_port()
-    ray.init(
+    # The dashboard takes job submissions (tests/e2e/test_batch_job.py); jobs run `python` from
+    # the cluster's PATH: the venv's first, as `make run` does.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    ctx = ray.init(
         num_cpus=4,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=_free_port(),
         log_to_driver=False,
         _metrics_export_port=metrics_port,
         _system_config={"metrics_report_interval_ms": 1000},  # scraped by test_metrics.py
     )
+    CLUSTER["dashboard_url"] = f"http://{ctx.dashboard_url}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     cfg = {**app_config(demo_assets), "state_dir": str(tmp_path_factory.mktemp("state"))}
     serve.run(build_app(cfg), name="loraserve", route_prefix="/")

@@ -13,6 +13,7 @@ import pytest
         "serve_app.routing.policy, serve_app.routing.ledger, serve_app.routing.stats",
         "adapters, adapters.pool, adapters.sources, adapters.validate, adapters.disk_cache",
         "serve_app, serve_app.config, serve_app.errors, serve_app.image_api",
+        "serve_app.jobs.batch, serve_app.jobs.batch_file, serve_app.jobs.progress",
     ],
 )
 def test_light_pieces_import_neither_ray_nor_torch(modules):

@@ -1,0 +1,32 @@
+"""``python -m benchmarks.batch``: one OpenAI Batch file of text requests over many adapters
+(default 1,000 over 20, 128 generated tokens each), through
+
+- ``job``: the batch job (serve_app/jobs/batch.py) submitted with JobSubmissionClient to the app
+  (one LLM replica),
+- ``http``: a naive client sending the file line by line over HTTP at the same concurrency,
+- ``offline``: vLLM's ``LLM.generate`` with ``LoRARequest``s, same engine settings (the ceiling
+  for one engine; prompts grouped by adapter),
+- ``raydata``: Ray Data's ``ray.data.llm.build_processor`` with a vLLM engine config and per-row
+  ``model`` naming the adapter (recorded as the exception if it cannot run here),
+
+and images (``--images`` requests over the demo LoRAs): the batch job against one-by-one HTTP.
+Prints throughput, adapter loads (swaps into the replica's working set) and ratios; writes JSON.
+"""
+
+import argparse
+
+from benchmarks.batch.run import Setup, main
+
+if __name__ == "__main__":
+    d = Setup()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=d.n, help="text requests")
+    p.add_argument("--adapters", type=int, default=d.adapters)
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    p.add_argument("--concurrency", type=int, default=d.concurrency)
+    p.add_argument("--images", type=int, default=d.images, help="image requests (0: none)")
+    p.add_argument("--paths", default=",".join(d.paths), help="subset of job,http,offline,raydata")
+    p.add_argument("--out", default="batch-results.json")
+    a = p.parse_args()
+    paths = tuple(a.paths.split(","))
+    main(Setup(a.n, a.adapters, a.max_tokens, a.concurrency, a.images, paths), a.out)

@@ -1,0 +1,234 @@
+"""The batch benchmark's machinery: build the adapters and the batch files, start the app (one
+LLM replica, one image replica) with a dashboard for job submission, drive each path, then run
+the offline baselines in their own processes with the app stopped."""
+
+import asyncio
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+BASE, IMAGE = "tiny-llama", "tiny-sd"
+ROOT = Path(__file__).parents[2]
+# The same engine settings everywhere; one CPU thread per engine (Ray sets OMP_NUM_THREADS from
+# the replica's num_cpus; the offline paths get the same).
+ENGINE = {"max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512}
+THREADS = 1
+ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+       "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Setup:
+    n: int = 1000
+    adapters: int = 20
+    max_tokens: int = 128
+    concurrency: int = 16
+    images: int = 48
+    paths: tuple[str, ...] = ("job", "http", "offline", "raydata")
+
+
+def text_trace(setup: Setup, names: list[str]) -> list[dict]:
+    rng = random.Random(7)
+    return [
+        {"custom_id": f"t{i}", "method": "POST", "url": "/v1/completions",
+         "body": {"model": f"{BASE}:{rng.choice(names)}", "prompt": f"Request {i}: a story",
+                  "max_tokens": setup.max_tokens, "temperature": 0, "ignore_eos": True}}
+        for i in range(setup.n)
+    ]  # fmt: skip
+
+
+def image_trace(n: int, names: list[str]) -> list[dict]:
+    rng = random.Random(11)
+    return [
+        {"custom_id": f"i{i}", "method": "POST", "url": "/v1/images/generations",
+         "body": {"model": f"{IMAGE}:{rng.choice(names)}", "prompt": "a red fox in snow",
+                  "seed": i, "size": "32x32"}}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def main(setup: Setup, out: str) -> None:
+    from benchmarks.adapter_copies import make_adapter_copies
+    from serve_app.demo.image_assets import build_image_assets
+    from serve_app.demo.llm_assets import build_llm_assets
+
+    os.environ.update(ENV)
+    root = Path(os.environ.get("LORASERVE_DEMO_DIR", ".demo")).resolve()
+    work = Path(tempfile.mkdtemp(prefix="batch-bench-"))
+    llm = build_llm_assets(root)
+    adapters = make_adapter_copies(llm["adapters"]["sql"], setup.adapters, work / "adapters")
+    img = build_image_assets(root) if setup.images else None
+    text = work / "text.jsonl"
+    text.write_text("".join(json.dumps(x) + "\n" for x in text_trace(setup, list(adapters))))
+    results: dict[str, dict] = {}
+    if {"job", "http"} & set(setup.paths) or img:
+        results.update(_app_paths(setup, llm, adapters, img, work, text))
+    spec = work / "spec.json"
+    spec.write_text(json.dumps({"base": llm["base"], "adapters": adapters, "engine": ENGINE}))
+    for which in ("offline", "raydata"):
+        if which in setup.paths:
+            results[which] = _offline(which, text, spec, work)
+    _report(results, setup)
+    Path(out).write_text(json.dumps({"setup": asdict(setup), "results": results}, indent=2))
+    print(f"wrote {out} (work files in {work})")
+
+
+def _config(llm: dict, adapters: dict, img: dict | None, setup: Setup) -> dict:
+    cfg = {
+        "sources": {"allowed_roots": [str(Path(llm["base"]).parents[1]), tempfile.gettempdir()]},
+        "llm": [{
+            "name": BASE, "model": llm["base"], "dtype": "float32", **ENGINE,
+            "engine_kwargs": {"enforce_eager": True},
+            "adapters": [{"name": n, "source": p} for n, p in adapters.items()],
+            "deployment": {"num_replicas": 1, "max_ongoing_requests": 2 * setup.concurrency,
+                           "ray_actor_options": {"num_cpus": THREADS}},
+        }],
+    }  # fmt: skip
+    if img:
+        cfg["image"] = [{
+            "name": IMAGE, "model": img["base"], "max_adapters": 8, "max_size": 64,
+            "default_size": 32, "default_steps": 2, "max_steps": 8,
+            "adapters": [{"name": n, **a} for n, a in img["adapters"].items()],
+            "deployment": {"num_replicas": 1, "max_ongoing_requests": 2 * setup.concurrency,
+                           "ray_actor_options": {"num_cpus": 0.5}},
+        }]  # fmt: skip
+    return cfg
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _app_paths(setup, llm, adapters, img, work: Path, text: Path) -> dict[str, dict]:
+    import ray
+    from ray import serve
+    from ray.job_submission import JobSubmissionClient
+
+    from serve_app import build_app
+
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    port = _port()
+    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                   dashboard_port=_port(), log_to_driver=False)  # fmt: skip
+    out: dict[str, dict] = {}
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(_config(llm, adapters, img, setup)), name="loraserve")
+        url = f"http://127.0.0.1:{port}"
+        httpx.post(f"{url}/v1/completions", json={"model": BASE, "prompt": "warm",
+                   "max_tokens": 2}, timeout=600).raise_for_status()  # fmt: skip
+        client = JobSubmissionClient(f"http://{ctx.dashboard_url}")
+        for path in ("job", "http"):
+            if path in setup.paths:
+                out[path] = _measure(path, client, url, text, work, setup, f"llm:{BASE}")
+        if img:
+            names = sorted(img["adapters"])
+            images = work / "images.jsonl"
+            images.write_text(
+                "".join(json.dumps(x) + "\n" for x in image_trace(setup.images, names))
+            )
+            for path in ("job", "http"):
+                out[f"images-{path}"] = _measure(
+                    path, client, url, images, work, setup, f"image:{IMAGE}"
+                )
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return out
+
+
+def _loads(deployment: str) -> int:
+    from ray import serve
+
+    h = serve.get_deployment_handle(deployment, app_name="loraserve")
+    return int(h.adapter_snapshot.remote().result(timeout_s=60).get("loads", 0))
+
+
+def _measure(path, client, url, trace: Path, work: Path, setup: Setup, deployment: str) -> dict:
+    from ray.job_submission import JobStatus
+
+    loads = _loads(deployment)
+    out = work / f"{trace.stem}-{path}-out.jsonl"
+    t = time.perf_counter()
+    extra: dict = {}
+    if path == "job":
+        entry = (f"python -m serve_app.jobs.batch --input {trace} --output {out} "
+                 f"--concurrency {setup.concurrency} --progress-s 30")  # fmt: skip
+        job = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(ROOT)})
+        while not (status := client.get_job_status(job)).is_terminal():
+            time.sleep(0.5)
+        logs = client.get_job_logs(job)
+        if status != JobStatus.SUCCEEDED:
+            raise RuntimeError(f"batch job {status}:\n{logs[-3000:]}")
+        m = re.search(r"batch done: .*?, ([\d.]+)s, ([\d.]+) req/s", logs)
+        extra = {"job_own_s": float(m.group(1))} if m else {}
+    else:
+        asyncio.run(_naive(url, trace, out, setup.concurrency))
+    wall = time.perf_counter() - t
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    ok = [r for r in rows if r["response"]["status_code"] == 200]
+    tokens = sum(r["response"]["body"].get("usage", {}).get("completion_tokens", 0) for r in ok)
+    return {"requests": len(rows), "ok": len(ok), "wall_s": wall, "req_per_s": len(rows) / wall,
+            "tok_per_s": tokens / wall, "adapter_loads": _loads(deployment) - loads,
+            **extra}  # fmt: skip
+
+
+async def _naive(url: str, trace: Path, out: Path, concurrency: int) -> None:
+    """A plain client: each line POSTed in file order, ``concurrency`` at a time."""
+    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    sem = asyncio.Semaphore(concurrency)
+    with out.open("w") as f:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+
+            async def one(line: dict) -> None:
+                async with sem:
+                    r = await http.post(line["url"], json=line["body"])
+                resp = {"status_code": r.status_code, "body": r.json()}
+                f.write(json.dumps({"custom_id": line["custom_id"], "response": resp}) + "\n")
+
+            await asyncio.gather(*(one(x) for x in lines))
+
+
+def _offline(which: str, trace: Path, spec: Path, work: Path) -> dict:
+    log = work / f"{which}.log"
+    cmd = [sys.executable, "-m", "benchmarks.batch.offline", which, "--trace", str(trace),
+           "--spec", str(spec)]  # fmt: skip
+    with log.open("w") as f:
+        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=3600)
+    for line in reversed(log.read_text().splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))
+    return {"error": f"no result; see {log}"}
+
+
+def _report(results: dict[str, dict], setup: Setup) -> None:
+    print(f"\n{setup.n} text requests over {setup.adapters} adapters, {setup.max_tokens} tokens "
+          f"each, concurrency {setup.concurrency}; {setup.images} image requests")  # fmt: skip
+    print(f"{'path':<14} {'req/s':>8} {'tok/s':>9} {'wall s':>8} {'loads':>6}  note")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:<14} {'-':>8} {'-':>9} {'-':>8} {'-':>6}  FAILED: {r['error'][:300]}")
+            continue
+        note = f"job's own time {r['job_own_s']:.1f}s" if "job_own_s" in r else ""
+        print(f"{name:<14} {r['req_per_s']:>8.2f} {r['tok_per_s']:>9.1f} {r['wall_s']:>8.1f} "
+              f"{r.get('adapter_loads', '-'):>6}  {note}")  # fmt: skip
+    ratio = lambda a, b: (  # noqa: E731
+        f"{results[a]['req_per_s'] / results[b]['req_per_s']:.2f}x"
+        if a in results and b in results and "error" not in results[a] | results[b]
+        else "n/a"
+    )
+    print(f"job / http: {ratio('job', 'http')}   job / offline vLLM: {ratio('job', 'offline')}   "
+          f"job / Ray Data: {ratio('job', 'raydata')}   images job / http: "
+          f"{ratio('images-job', 'images-http')}")  # fmt: skip

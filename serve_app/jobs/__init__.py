@@ -1,0 +1,1 @@
+"""Batch work submitted as Ray jobs: ``python -m serve_app.jobs.batch`` (OpenAI Batch files)."""
