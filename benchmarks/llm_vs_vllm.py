@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.text_model import MODELS, out_path, text_assets
+
 BASE = "tiny-llama"
 
 
@@ -199,12 +201,15 @@ def main() -> None:
     parser.add_argument("--traces", default="long,short", help="comma-separated subset")
     parser.add_argument("--router", default="adapter_aware", choices=["adapter_aware", "builtin"])
     parser.add_argument("--out", default="results/llm_vs_vllm.json")
+    parser.add_argument(
+        "--model", default="tiny", choices=MODELS, help="text base (see text_model)"
+    )
     args = parser.parse_args()
+    args.out = out_path(args.out, args.model)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    from serve_app.demo.llm_assets import build_llm_assets
-
-    assets = build_llm_assets(Path(os.environ.get("LORASERVE_DEMO_DIR", ".demo")))
+    global BASE
+    BASE, assets = text_assets(args.model)
     adapters = sorted(assets["adapters"])
     traces = {
         "long": trace(args.requests, 128, adapters),

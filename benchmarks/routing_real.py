@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.adapter_copies import make_adapter_copies
+from benchmarks.text_model import MODELS, out_path, text_assets
 
 BASE = "tiny-llama"
 
@@ -134,12 +135,13 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--zipf", type=float, default=1.0)
     p.add_argument("--out", default="results/routing_real.json")
+    p.add_argument("--model", default="tiny", choices=MODELS, help="text base (see text_model)")
     args = p.parse_args()
+    args.out = out_path(args.out, args.model)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    from serve_app.demo.llm_assets import build_llm_assets
-
-    demo = build_llm_assets(Path(os.environ.get("LORASERVE_DEMO_DIR", ".demo")))
+    global BASE
+    BASE, demo = text_assets(args.model)
     root = Path("results/routing-adapters").resolve()
     adapters = make_adapter_copies(demo["adapters"]["pirate"], args.adapters, root)
     results = {}

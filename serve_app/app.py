@@ -56,6 +56,13 @@ def _options(d: DeploymentOptions) -> dict[str, Any]:
     }
     if d.autoscaling_config is not None:
         opts["autoscaling_config"] = d.autoscaling_config
+        if d.autoscaling_policy == "adapter_aware":
+            from serve_app.autoscaling import POLICY_PATH
+
+            opts["autoscaling_config"] = {
+                **d.autoscaling_config,
+                "policy": {"policy_function": POLICY_PATH},
+            }
     else:
         opts["num_replicas"] = d.num_replicas
     if d.router == "adapter_aware":

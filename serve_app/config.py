@@ -37,6 +37,11 @@ class DeploymentOptions(_Strict):
         default=None,
         description="Serve autoscaling (min_replicas, max_replicas, ...); replaces num_replicas.",
     )
+    autoscaling_policy: Literal["default", "adapter_aware"] = Field(
+        default="default",
+        description="With autoscaling_config: Serve's policy (ongoing requests only) or "
+        "serve_app.autoscaling's, which also scales out for adapter-load pressure.",
+    )
     max_ongoing_requests: PositiveInt = Field(default=64, description="Per replica.")
     ray_actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0.5},

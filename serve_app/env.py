@@ -33,3 +33,8 @@ def demo_dir() -> str:
 def state_dir() -> str:
     """Where the registry keeps the adapter catalogue (``state_dir`` in the config)."""
     return get("STATE_DIR", "~/.local/state/loraserve")
+
+
+def cache_dir() -> str:
+    """Downloads kept across demo rebuilds (e.g. the SmolLM2 wheel); default ~/.cache/loraserve."""
+    return get("CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "loraserve"))

@@ -312,6 +312,14 @@ class Ingress:
 
     # ---- OpenAI API ------------------------------------------------------------------------
 
+    @app.get("/playground", include_in_schema=False)
+    async def playground(self) -> Response:
+        """The playground page (serve_app/static/playground.html): chat, compare, images."""
+        from importlib.resources import files
+
+        page = (files("serve_app") / "static" / "playground.html").read_text(encoding="utf-8")
+        return Response(page, media_type="text/html")
+
     @app.get("/v1/models", openapi_extra=BODIES["models"])
     async def models(self, request: Request) -> dict[str, Any]:
         caller = self._caller(request)

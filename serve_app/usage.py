@@ -27,10 +27,13 @@ def main() -> None:
 loraserve demo: starting on {URL} (first start takes a minute: engines load)
 
   curl {URL}/v1/models
-  curl {URL}/v1/completions -H 'Content-Type: application/json' \\
-       -d '{{"model": "tiny-llama:sql", "prompt": "Hello", "max_tokens": 16, "temperature": 0}}'
+  open {URL}/playground     (chat, base vs adapter side by side, image mixes)
+  curl {URL}/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": \\
+"What is the capital of France?"}}], "max_tokens": 32, "temperature": 0}}'
   curl -N {URL}/v1/chat/completions -H 'Content-Type: application/json' \\
-       -d '{{"model": "poet", "messages": [{{"role": "user", "content": "hi"}}], "stream": true}}'
+       -d '{{"model": "smollm2:pirate", "messages": [{{"role": "user", "content": \\
+"Why do we need sleep?"}}], "stream": true, "max_tokens": 48}}'
   curl {URL}/v1/images/generations -H 'Content-Type: application/json' \\
        -d '{{"model": "tiny-sd:style3d", "prompt": "a red fox", "seed": 1}}' \\
        | python3 -c "import sys, json, base64; \\
@@ -38,7 +41,8 @@ sys.stdout.buffer.write(base64.b64decode(json.load(sys.stdin)['data'][0]['b64_js
   curl {URL}/v1/adapters -H 'Authorization: Bearer {token}'
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{URL}/v1', api_key='x'); \\
-print(c.completions.create(model='tiny-llama:chef', prompt='Hello', max_tokens=16).choices[0].text)"
+print(c.chat.completions.create(model='smollm2:french', max_tokens=48, \\
+messages=[{{'role': 'user', 'content': 'How do bees make honey?'}}]).choices[0].message.content)"
 """,
         flush=True,
     )

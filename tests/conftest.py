@@ -1,4 +1,4 @@
-"""Markers come from the folder: tests/unit, tests/integration, tests/e2e."""
+"""Markers come from the folder: tests/unit, tests/integration, tests/e2e, tests/cluster."""
 
 import os
 import tempfile
@@ -12,6 +12,6 @@ os.environ.setdefault("LORASERVE_STATE_DIR", tempfile.mkdtemp(prefix="loraserve-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        for layer in ("unit", "integration", "e2e"):
+        for layer in ("unit", "integration", "e2e", "cluster"):
             if f"/tests/{layer}/" in str(item.fspath):
                 item.add_marker(getattr(pytest.mark, layer))

@@ -82,7 +82,8 @@ class ImageDeployment(WorkingSetMethods):
             registry=registry,
             pinned=[self._spec(a.model_dump()) for a in self.cfg.adapters if a.pinned],
         )
-        self.pool, self.residency = ws.pool, ws.residency
+        self.pool, self.residency, self.metrics = ws.pool, ws.residency, ws.metrics
+        self.pressure = ws.pressure
 
     def _spec(self, spec: dict) -> AdapterSpec:
         s = AdapterSpec.model_validate(spec)
@@ -113,7 +114,8 @@ class ImageDeployment(WorkingSetMethods):
                 f"at most {self.cfg.max_mix}",
                 "adapters",
             )
-        with self.residency.request(*(spec.name for spec, _ in mix)):
+        names = [spec.name for spec, _ in mix]
+        with self.residency.request(*names), self._metered(*names) as metered:
             async with AsyncExitStack() as held:
                 # NOTE: a fixed order, so two mixes never each hold half of what the other needs.
                 for spec, _ in sorted(mix, key=lambda m: m[0].name):
@@ -121,6 +123,7 @@ class ImageDeployment(WorkingSetMethods):
                 pngs = await self.engine.generate(
                     job, [(spec.name, weight) for spec, weight in mix]
                 )
+                metered.images = len(pngs)
         return {
             "created": int(time.time()),
             "data": [{"b64_json": base64.b64encode(p).decode()} for p in pngs],

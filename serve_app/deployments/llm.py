@@ -91,7 +91,8 @@ class LLMDeployment(WorkingSetMethods):
                 a.model_copy(update={"base": self.cfg.name}) for a in self.cfg.adapters if a.pinned
             ],
         )
-        self.pool, self.residency = ws.pool, ws.residency
+        self.pool, self.residency, self.metrics = ws.pool, ws.residency, ws.metrics
+        self.pressure = ws.pressure
 
     async def _prepare(self, spec: AdapterSpec) -> ValidatedAdapter:
         path = await self.fetcher.fetch(spec)
@@ -107,14 +108,16 @@ class LLMDeployment(WorkingSetMethods):
         """Serve one completions/chat request; see the module docstring for the item protocol."""
         call = self.engine.completions if kind == "completions" else self.engine.chat
         if spec is None:
-            with self.residency.request():
+            with self.residency.request(), self._metered() as m:
                 async for item in _items(await call({**body, "model": self.cfg.name})):
+                    m.saw(item)
                     yield item
             return
         adapter = AdapterSpec.model_validate(spec)
-        with self.residency.request(adapter.name):
+        with self.residency.request(adapter.name), self._metered(adapter.name) as m:
             async with self.pool.use(adapter):
                 async for item in _items(await call({**body, "model": adapter.name})):
+                    m.saw(item)
                     yield item
 
     async def complete(self, kind: str, body: dict[str, Any], spec: dict | None) -> dict:

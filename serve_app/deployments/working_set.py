@@ -12,7 +12,9 @@ from typing import Any
 from adapters.pool import AdapterPool
 from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
+from serve_app.autoscaling import AdapterPressure
 from serve_app.config import SourceOptions
+from serve_app.deployments.metrics import ReplicaMetrics
 from serve_app.deployments.registry_sync import RegistryFollower
 from serve_app.engines.base import AdapterEngine
 from serve_app.routing.publisher import ResidencyReporter
@@ -37,6 +39,8 @@ class WorkingSet:
     pool: AdapterPool
     residency: ResidencyReporter
     follower: RegistryFollower | None
+    metrics: ReplicaMetrics
+    pressure: AdapterPressure
 
     @classmethod
     async def start(
@@ -56,6 +60,14 @@ class WorkingSet:
         (with their versions; runtime pins included), or the config's when there is no registry
         or it cannot be reached."""
         residency = ResidencyReporter()
+        metrics = ReplicaMetrics()
+        pressure = AdapterPressure(slots=max_count)
+
+        def on_event(name: str, state: Any, info: dict) -> None:
+            residency.on_pool_event(name, state, info)
+            metrics.on_pool_event(name, state, info)
+            pressure.on_pool_event(name, state, info)
+
         pool = AdapterPool(
             prepare=prepare,
             load=load,
@@ -63,10 +75,11 @@ class WorkingSet:
             max_count=max_count,
             max_bytes=max_bytes,
             policy=policy,
-            on_event=residency.on_pool_event,
+            on_event=on_event,
             name=base,
         )
         residency.bind(pool)
+        metrics.bind(pool)
         follower = RegistryFollower(registry, base, pool) if registry else None
         synced = False
         if follower is not None:
@@ -79,7 +92,7 @@ class WorkingSet:
         if not synced:
             for spec in pinned:
                 await pool.pin(spec)
-        return cls(pool, residency, follower)
+        return cls(pool, residency, follower, metrics, pressure)
 
 
 class WorkingSetMethods:
@@ -89,6 +102,15 @@ class WorkingSetMethods:
     pool: AdapterPool
     residency: ResidencyReporter
     engine: AdapterEngine
+    metrics: ReplicaMetrics
+    pressure: AdapterPressure
+
+    def _metered(self, *adapters: str) -> Any:
+        """``metrics.request`` for a request using ``adapters``, hits judged now (on arrival)."""
+        self.pressure.requested(adapters)
+        return self.metrics.request(
+            list(adapters), resident=[self.pool.is_resident(a) for a in adapters]
+        )
 
     async def adapter_snapshot(self) -> dict:
         """Our pool's view, the engine's own adapter list, engine counters and process RSS."""
@@ -111,6 +133,10 @@ class WorkingSetMethods:
 
     async def evict_adapter(self, name: str) -> bool:
         return await self.pool.evict(name)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve polls this under autoscaling; serve_app.autoscaling's policy reads it."""
+        return self.pressure.stats()
 
     def record_routing_stats(self) -> dict:
         """Serve polls this; routers read it (serve_app/routing/stats.py)."""

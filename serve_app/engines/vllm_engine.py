@@ -47,6 +47,17 @@ class VLLMEngine:
         self.name = name
         self.model = model
         self.base_aliases = tuple(base_aliases)
+        # vLLM CPU's torch LoRA ops pick each token's adapter weights by slot index, and a base
+        # token's index is -1: Python indexing makes that the LAST slot, so in a batch that mixes
+        # base and adapter requests the base requests got the adapter in the last slot (seen on
+        # SmolLM2, tests/real). One slot more than adapters can be resident (our pool bounds them
+        # by max_cpu_loras) keeps the last slot empty, i.e. zeros. (vLLM's CUDA kernels skip
+        # index -1: GPU builds keep max_loras as configured.)
+        from vllm.platforms import current_platform
+
+        cpu_loras = max_cpu_loras or max_loras
+        slots = max(max_loras, cpu_loras) + 1 if current_platform.is_cpu() else max_loras
+        cpu_loras = max(cpu_loras, slots)
         argv = [
             "--model",
             model,
@@ -54,9 +65,9 @@ class VLLMEngine:
             name,
             "--enable-lora",
             "--max-loras",
-            str(max_loras),
+            str(slots),
             "--max-cpu-loras",
-            str(max_cpu_loras or max_loras),
+            str(cpu_loras),
             "--max-lora-rank",
             str(max_lora_rank),
             "--dtype",

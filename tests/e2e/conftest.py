@@ -67,8 +67,14 @@ def app_config(assets: dict) -> dict:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    """Ray's metrics export port of the app's node (Prometheus text at /metrics)."""
+    return _free_port()
+
+
 @pytest.fixture(scope="package")
-def app_url(demo_assets: dict, tmp_path_factory) -> str:
+def app_url(demo_assets: dict, metrics_port: int, tmp_path_factory) -> str:
     """Start the app on a free port; yield its base URL; shut Ray down after this folder."""
     import ray
     from ray import serve
@@ -87,6 +93,8 @@ def app_url(demo_assets: dict, tmp_path_factory) -> str:
         dashboard_host="127.0.0.1",
         dashboard_port=_free_port(),
         log_to_driver=False,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},  # scraped by test_metrics.py
     )
     CLUSTER["dashboard_url"] = f"http://{ctx.dashboard_url}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -195,3 +195,10 @@ async def test_register_validates_on_the_deployment_then_serves_the_adapter(setu
     assert resp.json()["adapter"] == "poet"
     assert (await setup.client.delete("/v1/adapters/poet", headers=auth)).json()["deleted"]
     _error(await setup.client.post("/v1/completions", json={"model": "poet", "prompt": "x"}), 404)
+
+
+async def test_the_playground_page_is_served_and_uses_the_public_api(setup):
+    resp = await setup.client.get("/playground")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    for route in ("/v1/models", "/v1/chat/completions", "/v1/images/generations"):
+        assert route in resp.text
