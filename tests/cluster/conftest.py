@@ -3,7 +3,6 @@ demo assets and an app config on the Transformers+PEFT engine (starts in seconds
 come and go quickly), and a counting HTTP load generator."""
 
 import os
-import socket
 import threading
 import time
 from collections import Counter
@@ -14,12 +13,6 @@ import pytest
 
 BASE = "tiny-llama"
 ADAPTERS = ["sql", "poet", "chef", "pirate"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,8 @@ import yaml
 from ray import serve
 
 from serve_app import build_app
-from tests.cluster.conftest import BASE, Load, app_config, free_port, wait_ready
+from tests.cluster.conftest import BASE, Load, app_config, wait_ready
+from tests.ports import free_port
 
 LLM = f"llm:{BASE}"
 ROOT = Path(__file__).parents[2]

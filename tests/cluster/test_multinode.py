@@ -21,7 +21,8 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
 from serve_app import build_app
-from tests.cluster.conftest import ADAPTERS, BASE, Load, app_config, free_port, wait_ready
+from tests.cluster.conftest import ADAPTERS, BASE, Load, app_config, wait_ready
+from tests.ports import free_port
 
 LLM = f"llm:{BASE}"
 

@@ -4,7 +4,6 @@ demo models built by the same builder ``make run`` uses. Started once for this f
 """
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -12,16 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import free_port
+
 ADMIN_TOKEN = "e2e-admin-token"
 BASE = "tiny-llama"
 REF_BASE = "tiny-llama-ref"  # same weights, Transformers+PEFT engine, adapters prefixed "ref-"
 CLUSTER: dict[str, str] = {}  # what the app fixture started: "dashboard_url"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +65,7 @@ def app_config(assets: dict) -> dict:
 @pytest.fixture(scope="session")
 def metrics_port() -> int:
     """Ray's metrics export port of the app's node (Prometheus text at /metrics)."""
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="package")
@@ -83,7 +78,7 @@ def app_url(demo_assets: dict, metrics_port: int, tmp_path_factory) -> str:
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    port = _free_port()
+    port = free_port()
     # The dashboard takes job submissions (tests/e2e/test_batch_job.py); jobs run `python` from
     # the cluster's PATH: the venv's first, as `make run` does.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
@@ -91,7 +86,7 @@ def app_url(demo_assets: dict, metrics_port: int, tmp_path_factory) -> str:
         num_cpus=4,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
-        dashboard_port=_free_port(),
+        dashboard_port=free_port(),
         log_to_driver=False,
         _metrics_export_port=metrics_port,
         _system_config={"metrics_report_interval_ms": 1000},  # scraped by test_metrics.py

@@ -8,7 +8,6 @@ Three deployments share one Serve instance: ``img`` (batching on, all demo LoRAs
 import base64
 import copy
 import io
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,15 +19,10 @@ from adapters.errors import AdapterCapacityError, InvalidAdapterError
 from serve_app.config import ImageConfig
 from serve_app.demo.image_assets import build_image_assets
 from serve_app.image_api import parse_image_request
+from tests.ports import free_port
 
 PROMPT = "sushi rolls shaped like kawaii cat faces"
 SIZE = 32
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cfg(assets: dict, name: str, **over) -> dict:
@@ -112,7 +106,7 @@ def serve_handles(assets):
     from serve_app.deployments.image import ImageDeployment
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     sources = {"allowed_roots": [assets["root"]], "cache_dir": f"{assets['root']}/cache"}
     apps = {
         "img": (_cfg(assets, "tiny-sd"), {}),

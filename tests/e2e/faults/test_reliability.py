@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import free_port
+
 TOKEN = "faults-admin-token"
 BASE, REF = "tiny-llama", "tiny-llama-ref"
 APP = "loraserve"
@@ -131,12 +133,6 @@ def named_actor(fragment: str) -> str:
     matches = [n for n in names if fragment in n]
     assert matches, f"no actor named like {fragment!r} in {names}"
     return matches[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

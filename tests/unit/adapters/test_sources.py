@@ -20,6 +20,7 @@ from adapters.errors import (
 )
 from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
+from tests.ports import free_port
 
 FILES = {"adapter_config.json": b'{"peft_type": "LORA"}', "adapter_model.safetensors": b"w" * 1000}
 
@@ -30,12 +31,6 @@ def spec(source: str, name: str = "a1", **kw) -> AdapterSpec:
 
 def fetch(fetcher: Fetcher, s: AdapterSpec) -> Path:
     return asyncio.run(fetcher.fetch(s))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- check ----------------------------------------------------------------------------------------
