@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adapters.adapter_cache import AdapterCache
+from benchmarks.simulate.sim import replica_view
 from serve_app.autoscaling import AdapterPressure, Pressure, desired_replicas
-from serve_app.routing.policy import Fleet, ReplicaView, RequestView
+from serve_app.routing.policy import Fleet, RequestView
 
 TICK_S = 1.0  # Serve's autoscaling decisions (its control loop runs every 0.1 s; 1 s is enough)
 RETRY_S = 0.05
@@ -134,21 +135,7 @@ def simulate(
     def publish(r: _Replica) -> None:
         if r.draining or r.warming:
             return  # not in the router's replica set
-        keys = set(r.cache.keys())
-        fleet.upsert(
-            ReplicaView(
-                r.id,
-                frozenset(keys - r.loading.keys()),
-                frozenset(r.loading),
-                r.ongoing,
-                max_ongoing,
-                slots,
-                tuple(
-                    (v, r.last_used.get(v, 0.0))
-                    for v in r.cache.eviction_order(ignore_in_use=True)[:4]
-                ),
-            )
-        )
+        fleet.upsert(replica_view(r, max_ongoing, slots))
 
     def load(r: _Replica, a: str, t: float) -> float:
         """Put ``a`` in ``r``'s working set; return when it is ready."""

@@ -25,6 +25,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,21 @@ def zipf_sample(rng: np.random.Generator, n_adapters: int, s: float, count: int)
     return rng.choice(n_adapters, size=count, p=p)
 
 
+def replica_view(r: Any, max_ongoing: int, slots: int) -> ReplicaView:
+    """What a simulated replica publishes (``id``, ``cache``, ``loading``, ``ongoing``,
+    ``last_used``), as the real one's RoutingStats."""
+    keys = set(r.cache.keys())
+    return ReplicaView(
+        r.id,
+        frozenset(keys - r.loading.keys()),
+        frozenset(r.loading),
+        r.ongoing,
+        max_ongoing,
+        slots,
+        tuple((v, r.last_used.get(v, 0.0)) for v in r.cache.eviction_order(ignore_in_use=True)[:4]),
+    )
+
+
 def simulate(
     router: str,
     *,
@@ -118,21 +134,7 @@ def simulate(
 
     def publish(r: _Replica) -> None:
         if router == "ours":
-            keys = set(r.cache.keys())
-            fleet.upsert(
-                ReplicaView(
-                    r.id,
-                    frozenset(keys - r.loading.keys()),
-                    frozenset(r.loading),
-                    r.ongoing,
-                    max_ongoing,
-                    slots,
-                    tuple(
-                        (v, r.last_used.get(v, 0.0))
-                        for v in r.cache.eviction_order(ignore_in_use=True)[:4]
-                    ),
-                )
-            )
+            fleet.upsert(replica_view(r, max_ongoing, slots))
 
     def choose(i: int, now: float) -> _Replica | None:
         nonlocal decide_s, decisions
