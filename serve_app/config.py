@@ -47,6 +47,13 @@ class DeploymentOptions(_Strict):
         default_factory=lambda: {"num_cpus": 0.5},
         description="Resources and runtime_env of each replica actor.",
     )
+    warm_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A replica that starts while others serve first loads the adapters routers "
+        "will send it (the hottest not yet on enough replicas, up to its free slots), for at most "
+        "this long, before it takes traffic. 0: start cold.",
+    )
     router: Literal["adapter_aware", "builtin"] = Field(
         default="adapter_aware",
         description="adapter_aware: our RequestRouter; builtin: Ray Serve's multiplex routing.",

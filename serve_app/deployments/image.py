@@ -80,10 +80,12 @@ class ImageDeployment(WorkingSetMethods):
             max_bytes=self.cfg.max_resident_bytes,
             policy=self.cfg.eviction,
             registry=registry,
+            warm_timeout_s=self.cfg.deployment.warm_timeout_s,
+            hot_factor=float(self.cfg.deployment.router_knobs.get("hot_factor", 1.0)),
             pinned=[self._spec(a.model_dump()) for a in self.cfg.adapters if a.pinned],
         )
         self.pool, self.residency, self.metrics = ws.pool, ws.residency, ws.metrics
-        self.pressure = ws.pressure
+        self.pressure, self.demand = ws.pressure, ws.demand
 
     def _spec(self, spec: dict) -> AdapterSpec:
         s = AdapterSpec.model_validate(spec)

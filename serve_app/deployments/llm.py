@@ -87,12 +87,14 @@ class LLMDeployment(WorkingSetMethods):
             max_bytes=self.cfg.max_resident_bytes,
             policy=self.cfg.eviction,
             registry=registry,
+            warm_timeout_s=self.cfg.deployment.warm_timeout_s,
+            hot_factor=float(self.cfg.deployment.router_knobs.get("hot_factor", 1.0)),
             pinned=[
                 a.model_copy(update={"base": self.cfg.name}) for a in self.cfg.adapters if a.pinned
             ],
         )
         self.pool, self.residency, self.metrics = ws.pool, ws.residency, ws.metrics
-        self.pressure = ws.pressure
+        self.pressure, self.demand = ws.pressure, ws.demand
 
     async def _prepare(self, spec: AdapterSpec) -> ValidatedAdapter:
         path = await self.fetcher.fetch(spec)

@@ -5,6 +5,8 @@ versioned) so a registered adapter is servable at once and a deleted one is unlo
 The adapters are durable in a SQLite file under ``state_dir`` (adapters/store.py): runtime
 registrations, pins and deletions survive a registry restart, an application restart and a
 redeploy. The bases (kind, weights) come from the config of the running application.
+It also keeps the model replicas' demand reports (routing/demand.py), which a replica that starts
+reads to warm its working set (deployments/warming.py).
 """
 
 import logging
@@ -18,6 +20,7 @@ from adapters.catalog import BaseEntry, Catalog
 from adapters.spec import AdapterKind, AdapterSpec
 from adapters.store import CatalogStore
 from serve_app.deployments.logs import to_replica_log
+from serve_app.routing.demand import DemandBook
 
 logger = logging.getLogger("serve_app.registry")
 STORE_FILE = "catalog.sqlite3"
@@ -46,6 +49,7 @@ class AdapterRegistry:
         version = self.store.apply_config(declared)
         self._lock = threading.Lock()  # NOTE: sync methods run in Serve's thread pool
         self._catalog = Catalog()
+        self._demand: dict[str, DemandBook] = {}
         logger.info("adapter catalogue at %s (version %d)", self.store.path, version)
 
     def snapshot(self, known_version: int = 0) -> Catalog | None:
@@ -81,6 +85,20 @@ class AdapterRegistry:
         version = self.store.set_pinned(base, name, pinned)
         logger.info("%s adapter %s:%s", "pinned" if pinned else "unpinned", base, name)
         return version
+
+    # NOTE: async, so they run on the replica's event loop, one at a time: no lock for the books.
+    async def report_demand(
+        self, base: str, replica: str, counts: dict[str, float], held: list[str]
+    ) -> None:
+        """One model replica's recent requests per adapter and the adapters it holds."""
+        self._demand.setdefault(base, DemandBook()).report(replica, counts, held)
+
+    async def warm_set(
+        self, base: str, k: int, replica: str = "", hot_factor: float = 1.0
+    ) -> list[str]:
+        """The adapters ``replica``, joining ``base``'s replicas, should load first (at most k)."""
+        book = self._demand.get(base)
+        return book.warm_set(k, joining=replica, hot_factor=hot_factor) if book else []
 
     def _read(self) -> Catalog:
         """The store's adapters for the configured bases (others are kept, not served)."""

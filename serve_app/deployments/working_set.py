@@ -16,6 +16,7 @@ from serve_app.autoscaling import AdapterPressure
 from serve_app.config import SourceOptions
 from serve_app.deployments.metrics import ReplicaMetrics
 from serve_app.deployments.registry_sync import RegistryFollower
+from serve_app.deployments.warming import DemandReporter, warm
 from serve_app.engines.base import AdapterEngine
 from serve_app.routing.publisher import ResidencyReporter
 
@@ -41,6 +42,7 @@ class WorkingSet:
     follower: RegistryFollower | None
     metrics: ReplicaMetrics
     pressure: AdapterPressure
+    demand: DemandReporter
 
     @classmethod
     async def start(
@@ -55,10 +57,13 @@ class WorkingSet:
         policy: str,
         registry: Any,
         pinned: list[AdapterSpec],
+        warm_timeout_s: float = 0.0,
+        hot_factor: float = 1.0,
     ) -> "WorkingSet":
         """Build the pool, then load the pinned adapters now: those the registry's catalogue pins
         (with their versions; runtime pins included), or the config's when there is no registry
-        or it cannot be reached."""
+        or it cannot be reached. Then, with a registry and ``warm_timeout_s`` > 0, warm: load
+        what routers will send this replica (deployments/warming.py), before it takes traffic."""
         residency = ResidencyReporter()
         metrics = ReplicaMetrics()
         pressure = AdapterPressure(slots=max_count)
@@ -92,7 +97,18 @@ class WorkingSet:
         if not synced:
             for spec in pinned:
                 await pool.pin(spec)
-        return cls(pool, residency, follower, metrics, pressure)
+        demand = DemandReporter(registry, base, _replica_id(), pool)
+        if follower is not None:
+            if synced:
+                try:
+                    await warm(
+                        pool, registry, base, demand.replica, follower.specs, max_count,
+                        hot_factor=hot_factor, timeout_s=warm_timeout_s,
+                    )  # fmt: skip
+                except Exception as e:
+                    log.warning("could not warm %s: %r", base, e)
+            demand.start()
+        return cls(pool, residency, follower, metrics, pressure, demand)
 
 
 class WorkingSetMethods:
@@ -104,10 +120,12 @@ class WorkingSetMethods:
     engine: AdapterEngine
     metrics: ReplicaMetrics
     pressure: AdapterPressure
+    demand: DemandReporter
 
     def _metered(self, *adapters: str) -> Any:
         """``metrics.request`` for a request using ``adapters``, hits judged now (on arrival)."""
         self.pressure.requested(adapters)
+        self.demand.requested(adapters)
         return self.metrics.request(
             list(adapters), resident=[self.pool.is_resident(a) for a in adapters]
         )
@@ -141,6 +159,16 @@ class WorkingSetMethods:
     def record_routing_stats(self) -> dict:
         """Serve polls this; routers read it (serve_app/routing/stats.py)."""
         return self.residency.record_routing_stats()
+
+
+def _replica_id() -> str:
+    """This Serve replica's id (the process id outside a replica)."""
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        return f"pid-{os.getpid()}"
 
 
 def _rss_bytes() -> int:

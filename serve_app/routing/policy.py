@@ -172,6 +172,12 @@ def with_placed(view: ReplicaView, adapters: set[str], evictable: Sequence[str])
     )
 
 
+def copies_wanted(share: float, replicas: int, hot_factor: float) -> float:
+    """Replicas that should hold an adapter with this share of requests: step 2's rule (it is hot,
+    and spills to one more replica, while fewer hold it). routing/demand.py warms by it too."""
+    return share * replicas * hot_factor
+
+
 def key_hash(key: str) -> int:
     """Stable 64-bit hash of an adapter key or replica id (identical in every process)."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
@@ -529,7 +535,7 @@ class Fleet:
         if len(request.adapters) != 1 or self._total < self.knobs.hot_min_requests:
             return False
         share = self._freq.get(request.adapters[0], 0.0) / self._total
-        return share * len(self._ids) * self.knobs.hot_factor > holders
+        return copies_wanted(share, len(self._ids), self.knobs.hot_factor) > holders
 
     def _resident(self, i: int, request: RequestView) -> bool:
         return all(self._holders.get(a, {}).get(i, False) for a in request.adapters)

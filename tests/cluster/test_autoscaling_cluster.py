@@ -1,7 +1,8 @@
 """Autoscaling end to end on one machine: Ray's real autoscaler with the fake multi-node provider
 (deploy/cluster-local.yaml), the app with Serve autoscaling. Load rises until Serve adds a
 replica and the autoscaler adds a node for it, then stops until both scale back down; every
-request sent during the episode must be answered.
+request sent during the episode must be answered. The replica that joins warms first: it loads
+the adapters the router will send it before it takes traffic, so its first request is a hit.
 
 What ``ray.cluster_utils.AutoscalingCluster.start()`` does, with the shipped config instead of the
 ``example.yaml`` Ray 2.60's wheel lacks: ``ray start --head --autoscaling-config=...`` under
@@ -14,6 +15,7 @@ shared lock here, like every test that starts Ray (2 cores).
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +30,7 @@ import yaml
 from ray import serve
 
 from serve_app import build_app
-from tests.cluster.conftest import BASE, Load, app_config, wait_ready
+from tests.cluster.conftest import ADAPTERS, BASE, Load, app_config, wait_ready
 from tests.ports import free_port
 
 LLM = f"llm:{BASE}"
@@ -156,6 +158,26 @@ def _wait(what: str, pred, timeout_s: float = 150) -> float:
     return time.time() - start
 
 
+def _replica_logs() -> list[str]:
+    from serve_app.routing.serve_internals import serve_log_dir
+
+    logs = sorted(Path(serve_log_dir()).glob("replica_loraserve_llm*.log"))
+    return [p.read_text(errors="replace") for p in logs]
+
+
+def _warm_start(text: str, first: int = 10) -> tuple[list[str], int, int]:
+    """From one LLM replica's log: the adapters it warmed before taking traffic, how many of its
+    first ``first`` requests had to load their adapter (the request id is on the pool's
+    "-> resolving" line), and its requests served."""
+    warmed = re.search(r"warmed \S+ replica \S+ with \[([^\]]*)\]", text)
+    assert warmed, "every replica logs what it warmed"
+    names = re.findall(r"'([^']+)'", warmed.group(1))
+    after = text[warmed.end() :]
+    calls = re.findall(r" (\S+) -- CALL (?:complete|generate) OK", after)
+    loaders = set(re.findall(r" (\S+) -- adapter \S+: \S+ -> resolving", after))
+    return names, sum(1 for rid in calls[:first] if rid in loaders), len(calls)
+
+
 def test_load_adds_replica_and_node_then_both_scale_down(cluster):
     assert _running_replicas() == 1 and _alive_nodes() == 1
     with Load(cluster, clients=4, timeout_s=120) as load:
@@ -173,3 +195,13 @@ def test_load_adds_replica_and_node_then_both_scale_down(cluster):
     )
     assert answered_at_peak > 0
     assert total["sent"] == total["answered"] > 0  # every request of the episode answered
+    starts = [_warm_start(t) for t in _replica_logs()]
+    print(f"LLM replicas (warmed, misses in the first 10 requests, requests): {starts}")
+    # The first replica started alone (nothing to warm) and thrashed (4 adapters demanded
+    # equally, 2 slots). The one that joined warmed adapters the first did not hold before it
+    # took traffic, so fewer of its first requests had to load one.
+    assert len(starts) == 2
+    (cold,) = [s for s in starts if not s[0]]
+    (joined,) = [s for s in starts if s[0]]
+    assert 1 <= len(joined[0]) <= 2 and set(joined[0]) <= set(ADAPTERS)
+    assert joined[2] >= 10 and joined[1] < cold[1]
