@@ -8,11 +8,11 @@ Policies: ``default`` is Serve's rule (ongoing requests, queued ones included, o
 Serve's wrapper does to any policy every ``TICK_S``: ongoing requests averaged over
 ``look_back_s``, round up, clamp to min/max replicas, and
 change the target only once the wanted direction has held for upscale/downscale delay s.
-A new replica takes ``startup_s`` before it takes traffic (with ``warm``, it then loads the
-hottest adapters that fewer than two replicas hold before joining); a removed one stops
-receiving requests and finishes what it has. Requests arrive as a Poisson stream whose rate
-follows ``rates`` (piecewise constant, one entry per ``phase_s``); a request not started within
-``timeout_s`` is dropped (the client gave up).
+A new replica takes ``startup_s`` before it takes traffic (with ``warm``, it then loads what
+routing/demand.py's ``warm_order`` names from the requests so far, as the app's replicas do,
+before joining); a removed one stops receiving requests and finishes what it has. Requests arrive
+as a Poisson stream whose rate follows ``rates`` (piecewise constant, one entry per
+``phase_s``); a request not started within ``timeout_s`` is dropped (the client gave up).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 from adapters.adapter_cache import AdapterCache
 from benchmarks.simulate.sim import replica_view
 from serve_app.autoscaling import AdapterPressure, Pressure, desired_replicas
+from serve_app.routing.demand import warm_order
 from serve_app.routing.policy import Fleet, RequestView
 
 TICK_S = 1.0  # Serve's autoscaling decisions (its control loop runs every 0.1 s; 1 s is enough)
@@ -248,13 +249,13 @@ def simulate(
                 continue  # cancelled
             starting.remove(r)
             ready = now
-            if warm:  # the hottest adapters fewer than two replicas hold, before traffic
+            if warm:  # the app's rule (routing/demand.py), before traffic
                 held = {a: len(fleet.holders(a)) for a in popularity}
-                hot = sorted(popularity, key=popularity.get, reverse=True)
-                for a in [a for a in hot if held[a] < 2][: slots // 2]:
+                for a in warm_order(popularity, held, len(fleet) + 1, slots):
                     ready = max(ready, load(r, a, now))
                     r.loading.pop(a, None)
-                    r.pressure.requested([a])
+                # As in the app: warming is not thrash, pressure counts from the first request.
+                r.pressure = AdapterPressure(slots, clock=lambda: clock[0])
             reps[r.id] = r
             if ready > now:
                 r.warming = True

@@ -66,12 +66,15 @@ class WorkingSet:
         what routers will send this replica (deployments/warming.py), before it takes traffic."""
         residency = ResidencyReporter()
         metrics = ReplicaMetrics()
-        pressure = AdapterPressure(slots=max_count)
+        # NOTE: set once started: loads of pinned and warmed adapters are not thrash, so the
+        # autoscaling pressure counts loads from the first request on.
+        pressure: AdapterPressure | None = None
 
         def on_event(name: str, state: Any, info: dict) -> None:
             residency.on_pool_event(name, state, info)
             metrics.on_pool_event(name, state, info)
-            pressure.on_pool_event(name, state, info)
+            if pressure is not None:
+                pressure.on_pool_event(name, state, info)
 
         pool = AdapterPool(
             prepare=prepare,
@@ -108,6 +111,7 @@ class WorkingSet:
                 except Exception as e:
                     log.warning("could not warm %s: %r", base, e)
             demand.start()
+        pressure = AdapterPressure(slots=max_count)
         return cls(pool, residency, follower, metrics, pressure, demand)
 
 

@@ -84,7 +84,7 @@ class DemandBook:
         return dict(self._reports)
 
     def warm_set(
-        self, k: int, *, joining: str = "", hot_factor: float = 1.0, min_count: float = 2.0
+        self, k: int, *, joining: str = "", hot_factor: float = 1.0, min_count: float = 1.5
     ) -> list[str]:
         """What replica ``joining`` should load before taking traffic (module docstring)."""
         reports = [v for r, v in self.live().items() if r != joining]
@@ -97,12 +97,26 @@ class DemandBook:
                 demand[a] = demand.get(a, 0.0) + c
             for a in rep.held:
                 holders[a] = holders.get(a, 0) + 1
-        total = sum(demand.values())
-        replicas = len(reports) + 1
-        short = {
-            a: copies_wanted(c / total, replicas, hot_factor) - holders.get(a, 0)
-            for a, c in demand.items()
-            if c >= min_count
-        }
-        ranked = sorted((a for a, d in short.items() if d > 0), key=lambda a: (-short[a], a))
-        return ranked[:k]
+        return warm_order(demand, holders, len(reports) + 1, k, hot_factor, min_count)
+
+
+def warm_order(
+    demand: Mapping[str, float],
+    holders: Mapping[str, int],
+    replicas: int,
+    k: int,
+    hot_factor: float = 1.0,
+    min_count: float = 1.5,
+) -> list[str]:
+    """The module docstring's rule: adapters with ``copies_wanted - holders > 0`` among
+    ``replicas`` (the joining one counted), largest shortfall first, at most ``k``."""
+    total = sum(demand.values())
+    if total <= 0 or k <= 0:
+        return []
+    short = {
+        a: copies_wanted(c / total, replicas, hot_factor) - holders.get(a, 0)
+        for a, c in demand.items()
+        if c >= min_count
+    }
+    ranked = sorted((a for a, d in short.items() if d > 0), key=lambda a: (-short[a], a))
+    return ranked[:k]
