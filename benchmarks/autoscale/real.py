@@ -7,8 +7,8 @@ both runs (the app's default); only ``autoscaling_policy`` differs.
 Prints, per policy: running replicas over time (Serve's status, every ``--sample-s``), adapter
 loads per 1,000 requests (the replicas' own "-> ready" log lines, warming included), p50/p99
 client latency, dropped requests (no 200 within ``--timeout-s``) and replica-seconds (running
-replicas integrated over the trace and its drain). Writes JSON to ``--out``. Run it under the
-shared lock: it starts Ray.
+replicas integrated from the first request to ``--tail-s`` after the last answer). Writes JSON
+to ``--out``. Run it under the shared lock: it starts Ray.
 """
 
 import argparse
@@ -26,7 +26,7 @@ import httpx
 from benchmarks.adapter_copies import make_adapter_copies
 from benchmarks.text_model import text_assets
 
-RATES = "1,2,4,6,6,4,2,1"  # requests/s, one per phase
+RATES = "1,2,3,4,6,6,4,3,2,1"  # requests/s, one per phase
 APP = "loraserve"
 
 
@@ -46,7 +46,7 @@ def trace(rates: list[float], phase_s: float, adapters: list[str], zipf: float, 
     return out
 
 
-async def replay(url: str, base: str, events, timeout_s: float, max_tokens: int, sample):
+async def replay(url: str, base: str, events, timeout_s: float, max_tokens: int, sample, tail_s):
     lat: list[float] = []
     dropped = 0
 
@@ -70,6 +70,7 @@ async def replay(url: str, base: str, events, timeout_s: float, max_tokens: int,
         t0 = time.perf_counter()
         sampler = asyncio.create_task(sample(t0))
         await asyncio.gather(*(one(client, at, a, t0) for at, a in events))
+        await asyncio.sleep(tail_s)  # idle: the replicas scale back down
         sampler.cancel()
     lat.sort()
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")  # noqa: E731
@@ -134,7 +135,9 @@ def run_one(policy: str, args, adapters: dict, demo: dict, base: str, events) ->
             samples.append((time.perf_counter() - t0, await asyncio.to_thread(running)))
             await asyncio.sleep(args.sample_s)
 
-    res = asyncio.run(replay(url, base, events, args.timeout_s, args.max_tokens, sample))
+    res = asyncio.run(
+        replay(url, base, events, args.timeout_s, args.max_tokens, sample, args.tail_s)
+    )
     time.sleep(2)  # let the replicas flush their logs
     loads = sum(
         len(re.findall(r"adapter \S+: loading -> ready", f.read_text(errors="replace")))
@@ -160,7 +163,7 @@ def run_one(policy: str, args, adapters: dict, demo: dict, base: str, events) ->
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rates", default=RATES, help="requests/s per phase, comma-separated")
-    p.add_argument("--phase-s", type=float, default=20.0)
+    p.add_argument("--phase-s", type=float, default=15.0)
     p.add_argument("--adapters", type=int, default=16)
     p.add_argument("--zipf", type=float, default=1.0)
     p.add_argument("--slots", type=int, default=2, help="adapters one replica holds")
@@ -173,6 +176,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--timeout-s", type=float, default=30.0, help="client gives up (dropped)")
     p.add_argument("--sample-s", type=float, default=2.0)
+    p.add_argument("--tail-s", type=float, default=30.0, help="idle after the trace, sampled")
     p.add_argument("--cpus", type=int, default=4, help="Ray's CPU count (replicas ask 0.1)")
     p.add_argument("--policies", default="default,adapter_aware")
     p.add_argument("--seed", type=int, default=0)

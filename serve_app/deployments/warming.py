@@ -51,7 +51,10 @@ class DemandReporter:
         snap = self.pool.snapshot()
         held = [*snap.get("resident", ()), *snap.get("loading", ())]
         counts = self.counter.top(4 * max(1, len(held)) + 64)
-        await self.registry.report_demand.remote(self.base, self.replica, counts, held)
+        await asyncio.wait_for(
+            self.registry.report_demand.remote(self.base, self.replica, counts, held),
+            5 * self.period_s,
+        )
 
 
 async def warm(
@@ -70,9 +73,11 @@ async def warm(
     free = slots - len(pool.resident())
     if timeout_s <= 0 or free <= 0:
         return []
-    names = await registry.warm_set.remote(base, free, replica, hot_factor)
-    loaded: list[str] = []
     deadline = time.monotonic() + timeout_s
+    names = await asyncio.wait_for(
+        registry.warm_set.remote(base, free, replica, hot_factor), timeout_s
+    )  # NOTE: bounded too: a registry being replaced must not hold up this replica's start
+    loaded: list[str] = []
     for name in names:
         spec = specs.get(name)
         left = deadline - time.monotonic()
