@@ -11,6 +11,7 @@ policy of another checkout (e.g. the main branch) as router ``before``, on the s
 import argparse
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ def _fleet_from(checkout: str) -> type:
     path = Path(checkout) / "serve_app" / "routing" / "policy.py"
     spec = importlib.util.spec_from_file_location("policy_before", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module.Fleet
 

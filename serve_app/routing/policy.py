@@ -249,6 +249,7 @@ class Fleet:
         self._guarded = np.zeros(0, dtype=bool)  # see _set_victim
         self._tiebreak = np.zeros(0)
         self._sent = np.zeros(0)  # aged count of requests this router sent to each replica
+        self._sent_sum = 0.0
         self._hash_cache: dict[str, int] = {}
 
     # ---- updates -------------------------------------------------------------------------
@@ -350,6 +351,7 @@ class Fleet:
         # Fixed random tie-break (seeded by the ids, so every router agrees).
         self._tiebreak = (self._seeds >> np.uint64(11)).astype(np.float64) / float(1 << 53) * 1e-6
         self._sent = np.array([sent.get(v.id, mean) for v in views])
+        self._sent_sum = float(self._sent.sum())
         self._victim_t = np.full(len(views), np.nan)
         self._victim_of = {}
         self._victim = [None] * len(views)
@@ -416,6 +418,7 @@ class Fleet:
         self._used_since.setdefault(replica_id, set()).update(adapters)
         if replica_id in self._index:
             self._sent[self._index[replica_id]] += 1
+            self._sent_sum += 1
             self._set_victim(self._index[replica_id])
 
     def finished(self, replica_id: str, adapters: Iterable[str]) -> None:
@@ -463,6 +466,7 @@ class Fleet:
             self._total /= 2
             self._victim_f /= 2
             self._sent /= 2
+            self._sent_sum /= 2
 
     def decide(self, request: RequestView) -> Decision:
         """Rank replicas for ``request``: holders (and a spill copy when hot), else cold
@@ -502,17 +506,16 @@ class Fleet:
             return []
         need = len(request.adapters)
         full = [i for i, c in held.items() if c == need]
-        over = self._over_share()
-        spare = [i for i in (full or held) if load[i] < k.spill_at and not over[i]]
+        cap = self._share_cap()
+        over = {i for i in held if self._sent[i] >= cap}
+        spare = [i for i in (full or held) if load[i] < k.spill_at and i not in over]
         spare.sort(key=lambda i: (-held[i], load[i], not self._resident(i, request), self._sent[i]))
         out: list[tuple[int, Kind]] = []
         # One more copy for a hot adapter (by observed rate) whose holders are all half busy,
         # or for any adapter whose holders are full or over their share of requests.
         hot = self._hot(request, len(held))
-        if (hot and not any(load[i] < k.spill_to for i in spare)) or (
-            not spare and over[list(held)].any()
-        ):
-            mask = (load < k.spill_to) & ~over
+        if (hot and not any(load[i] < k.spill_to for i in spare)) or (not spare and over):
+            mask = (load < k.spill_to) & (self._sent < cap)
             mask[list(held)] = False
             t = self._best_placement(request.key, mask, now, load, cold=False)
             if t is not None:
@@ -520,7 +523,7 @@ class Fleet:
         if not spare:
             # Every holder is full or over its share (after the new copy, if any): queue for a
             # holder, even one still loading it, rather than load it again.
-            spare = sorted(full or held, key=lambda i: (over[i], load[i]))
+            spare = sorted(full or held, key=lambda i: (i in over, load[i]))
         out += [(i, "hit" if held[i] == need else "cold") for i in spare[: k.max_candidates]]
         return out
 
@@ -528,7 +531,7 @@ class Fleet:
         """Step 3: where to load an adapter nothing holds, or None to wait (guarded replicas
         and admission, both lifted by waiting)."""
         k = self.knobs
-        mask = (load < k.place_below) & ~self._over_share()
+        mask = (load < k.place_below) & (self._sent < self._share_cap())
         if request.waited_s < k.max_wait_s:
             # Never evict an adapter that requests queued here still want (they would load it
             # again): skip guarded replicas, or wait if every replica is.
@@ -556,12 +559,12 @@ class Fleet:
         share = self._freq.get(request.adapters[0], 0.0) / self._total
         return share * len(self._ids) * self.knobs.hot_factor > holders
 
-    def _over_share(self) -> np.ndarray:
-        """Replicas that got at least ``balance`` x (the mean + 1) of the requests this router
-        sent (aged counts); none before ``hot_min_requests`` requests or with ``balance`` 0."""
+    def _share_cap(self) -> float:
+        """Requests sent (aged) from which a replica is over its share: ``balance`` x (the mean
+        + 1); no cap before ``hot_min_requests`` requests or with ``balance`` 0."""
         if not self.knobs.balance or self._total < self.knobs.hot_min_requests:
-            return np.zeros(len(self._ids), dtype=bool)
-        return self._sent >= self.knobs.balance * (self._sent.mean() + 1.0)
+            return np.inf
+        return self.knobs.balance * (self._sent_sum / len(self._ids) + 1.0)
 
     def _resident(self, i: int, request: RequestView) -> bool:
         return all(self._holders.get(a, {}).get(i, False) for a in request.adapters)
@@ -613,7 +616,7 @@ class Fleet:
         criteria.append(self._loading_n == 0 if cold else light)
         criteria.append(self._free_slot)
         criteria.append(-_log2_bucket(self._victim_f))
-        criteria.append(self._sent <= self._sent.mean())
+        criteria.append(self._sent <= self._sent_sum / len(self._ids))
         if cold:
             criteria.append(light)
         criteria.append(_log2_bucket(idle_ms))
