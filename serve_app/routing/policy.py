@@ -41,8 +41,8 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    replica with room for all of them comes first, so a burst's requests go to one replica
    together): a replica loading no other adapter (a load takes a batch slot for its whole
    duration, and two on one replica stall everything queued there); a free slot; how rarely the
-   replica's next victim (``victims``) is requested (bucketed by powers of two); no more
-   requests sent than the mean (step 0); load below ``spill_to``; how long ago that victim was
+   replica's next victim (``victims``) is requested (bucketed by powers of two); load below
+   ``spill_to``; no more requests sent than the mean (step 0); how long ago that victim was
    last used (powers of two of milliseconds); then the rendezvous hash of ``a``, fixed per
    (adapter, replica), so every router instance picks the same home without talking to the
    others and a burst for one cold adapter loads it on one replica.
@@ -600,8 +600,8 @@ class Fleet:
         2. cold: loading no other adapter; spill: lightly loaded (below ``spill_to``);
         3. a free adapter slot;
         4. how rarely its next victim is requested (powers of two of the aged count);
-        5. no more requests sent there than the mean;
-        6. (cold) lightly loaded;
+        5. (cold) lightly loaded;
+        6. no more requests sent there than the mean;
         7. how long its next victim has been idle (powers of two of milliseconds);
         8. the rendezvous hash of ``key``, so every router picks the same replica.
         """
@@ -616,9 +616,9 @@ class Fleet:
         criteria.append(self._loading_n == 0 if cold else light)
         criteria.append(self._free_slot)
         criteria.append(-_log2_bucket(self._victim_f))
-        criteria.append(self._sent <= self._sent_sum / len(self._ids))
         if cold:
             criteria.append(light)
+        criteria.append(self._sent <= self._sent_sum / len(self._ids))
         criteria.append(_log2_bucket(idle_ms))
         criteria.append(self._rendezvous(key))
         # NOTE: np.lexsort sorts by its LAST key first, ascending: the best is the last row.
