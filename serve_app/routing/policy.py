@@ -24,7 +24,10 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    adapter (e.g. a burst for one cold adapter) stays on its one holder. When the adapter cools,
    its extra copies stop being chosen first and eviction reclaims them. Any adapter whose
    holders are all full or over their share, at least one over it, also gains a copy (then the
-   holders follow, least over first). Copies go only to replicas not over their share.
+   holders follow, least over first) if its recent requests exceed the headroom the cap leaves
+   a replica (``balance`` - 1 of the mean): a rarer one (e.g. a burst for a cold adapter) stays
+   where it is, since a copy would cost a load to move almost nothing. Copies go only to
+   replicas not over their share.
 3. **Cold placement with admission.** No holder: while the request has waited less than
    ``admit_wait_s``, only replicas below ``place_below`` that have a free slot or whose next
    eviction victim is no more requested than ``a`` are eligible; when none is, the request waits
@@ -514,7 +517,9 @@ class Fleet:
         # One more copy for a hot adapter (by observed rate) whose holders are all half busy,
         # or for any adapter whose holders are full or over their share of requests.
         hot = self._hot(request, len(held))
-        if (hot and not any(load[i] < k.spill_to for i in spare)) or (not spare and over):
+        if (hot and not any(load[i] < k.spill_to for i in spare)) or (
+            not spare and over and self._worth_a_copy(request)
+        ):
             mask = (load < k.spill_to) & (self._sent < cap)
             mask[list(held)] = False
             t = self._best_placement(request.key, mask, now, load, cold=False)
@@ -558,6 +563,12 @@ class Fleet:
             return False
         share = self._freq.get(request.adapters[0], 0.0) / self._total
         return share * len(self._ids) * self.knobs.hot_factor > holders
+
+    def _worth_a_copy(self, request: RequestView) -> bool:
+        """Whether the adapter's recent requests exceed the headroom the cap leaves a replica
+        (``balance`` - 1 of the mean): below that, a copy costs a load and moves almost nothing."""
+        f = min(self._freq.get(a, 0.0) for a in request.adapters)
+        return f * len(self._ids) >= (self.knobs.balance - 1.0) * self._total
 
     def _share_cap(self) -> float:
         """Requests sent (aged) from which a replica is over its share: ``balance`` x (the mean

@@ -371,11 +371,15 @@ def test_a_holder_over_its_share_of_requests_is_skipped():
 
 
 def test_an_adapter_whose_holders_are_all_over_their_share_gains_a_copy():
-    replicas = [r("r0", ["a"]), r("r1"), r("r2"), r("r3")]
-    fleet = hot_fleet(replicas, "other", n=40)  # 'a' is not hot by rate
+    replicas = [r("r0", ["a", "rare"]), r("r1"), r("r2"), r("r3")]
+    fleet = hot_fleet(replicas, "other", n=40)
+    for _ in range(5):  # 'a': 1/9 of the requests, not hot by rate (1/4 would be)
+        fleet.observe(req("a"))
     sent(fleet, "r0", 30)
     d = fleet.decide(req("a"))
     assert d.kind == "spill" and d.ids[0] != "r0" and "r0" in d.ids
+    # An adapter with (almost) no requests is not worth a load: it stays on its holder.
+    assert fleet.decide(req("rare")).ids == ["r0"]
     fleet.knobs = Knobs(balance=0)
     assert fleet.decide(req("a")).ids == ["r0"]
 
