@@ -3,18 +3,32 @@
 Defaults: 1,000 replicas x 16 adapter slots, 100,000 adapters with Zipf(1.1) popularity,
 40,000 requests arriving at 15% of pure service capacity (about 60% once adapter loads count),
 4 requests served at once per replica (8 accepted), 0.2 s adapter load, 0.02 s service.
-Prints loads, latency, load balance and the policy's decision time, and writes them to ``--out``
-as JSON.
+Prints loads, latency, load balance (requests and busy slot-seconds per replica, max/mean) and
+the policy's decision time, and writes them to ``--out`` as JSON. ``--before DIR`` adds the
+policy of another checkout (e.g. the main branch) as router ``before``, on the same trace.
 """
 
 import argparse
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks.routing.traces import belady_loads
-from benchmarks.simulate.sim import simulate, zipf_sample
-from serve_app.routing.policy import Knobs
+from benchmarks.simulate.sim import balanced_loads, simulate, zipf_sample
+from serve_app.routing.policy import Fleet, Knobs
+
+
+def _fleet_from(checkout: str) -> type:
+    """``Fleet`` from ``checkout``'s serve_app/routing/policy.py (pure: numpy and stdlib)."""
+    path = Path(checkout) / "serve_app" / "routing" / "policy.py"
+    spec = importlib.util.spec_from_file_location("policy_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.Fleet
 
 
 def main() -> None:
@@ -30,24 +44,27 @@ def main() -> None:
     p.add_argument("--max-ongoing", type=int, default=8)
     p.add_argument("--eviction", choices=["lru", "lfu"], default="lru")
     p.add_argument("--routers", default="ours,builtin,pow2")
-    p.add_argument("--knobs", default="{}", help="JSON dict of policy.Knobs fields")
+    p.add_argument("--before", default="", help="checkout whose policy runs as router 'before'")
+    p.add_argument("--knobs", default="{}", help="JSON dict of policy.Knobs fields (ours)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="simulate-results.json")
     a = p.parse_args()
 
     trace = zipf_sample(np.random.default_rng(a.seed), a.adapters, a.zipf, a.requests)
     bound = belady_loads([int(x) for x in trace], a.replicas * a.slots)
+    balanced = balanced_loads(trace, a.replicas, 1.3)
     print(
         f"{a.replicas} replicas x {a.slots} slots, {a.adapters} adapters Zipf({a.zipf}), "
         f"{a.requests} requests at {a.util:.0%} load, eviction {a.eviction}; "
-        f"Belady bound {bound} loads"
+        f"Belady bound {bound} loads; max/mean <= 1.3 needs >= {balanced} loads"
     )
     print(
         f"{'router':8} {'loads':>7} {'/1k':>6} {'p50 s':>7} {'p99 s':>7} {'max/mean':>8} "
-        f"{'req/s':>8} {'decide us':>9} {'wall s':>6}"
+        f"{'busy m/m':>8} {'req/s':>8} {'decide us':>9} {'wall s':>6}"
     )
+    routers = a.routers.split(",") + (["before"] if a.before else [])
     rows = []
-    for router in a.routers.split(","):
+    for router in routers:
         r = simulate(
             router,
             replicas=a.replicas,
@@ -58,17 +75,23 @@ def main() -> None:
             util=a.util,
             clients=a.clients,
             eviction=a.eviction,
-            knobs=Knobs(**json.loads(a.knobs)),
+            knobs=None if router == "before" else Knobs(**json.loads(a.knobs)),
             seed=a.seed,
+            fleet_cls=_fleet_from(a.before) if router == "before" else Fleet,
         )
         rows.append(r.row())
         print(
             f"{router:8} {r.loads:7d} {1000 * r.loads / r.requests:6.1f} {r.p50:7.3f} "
-            f"{r.p99:7.3f} {r.max_over_mean:8.2f} {r.throughput:8.1f} "
-            f"{r.decision_us:9.1f} {r.wall_s:6.1f}" + (f"  {r.kinds}" if r.kinds else "")
+            f"{r.p99:7.3f} {r.max_over_mean:8.2f} {r.busy_max_over_mean:8.2f} "
+            f"{r.throughput:8.1f} {r.decision_us:9.1f} {r.wall_s:6.1f}"
+            + (f"  {r.kinds}" if r.kinds else "")
         )
     with open(a.out, "w") as f:
-        json.dump({"args": vars(a), "belady_loads": bound, "results": rows}, f, indent=1)
+        json.dump(
+            {"args": vars(a), "belady_loads": bound, "balanced_loads": balanced, "results": rows},
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

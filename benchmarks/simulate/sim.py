@@ -7,7 +7,8 @@ same structure the real pool uses. A request holds a service slot for the adapte
 the fleet's service capacity, or are sent by ``clients`` closed-loop clients. Routers:
 
 - ``ours``: ``serve_app.routing.policy.Fleet.decide``, replica state updated on every event (a
-  router that sees every push at once), tried in preference order.
+  router that sees every push at once), tried in preference order. ``before``: the same with
+  another version's ``Fleet`` (``fleet_cls``), for before/after tables from one run.
 - ``builtin``: a model of Ray Serve's multiplex routing: a replica holding (or loading) the
   adapter, least loaded of two random ones with room; else, among up to 4 random replicas with
   room, the one with the fewest adapters (then least loaded). (Ray scans every replica for the
@@ -16,6 +17,10 @@ the fleet's service capacity, or are sent by ``clients`` closed-loop clients. Ro
 
 A request no replica accepts waits in the router queue; up to 64 waiting requests are retried,
 oldest first, whenever a replica finishes one. Times are seconds of simulated time.
+
+Balance: ``max_over_mean`` is the most requests one replica served over the mean;
+``busy_max_over_mean`` the same for the slot-seconds each replica spent (adapter loads included),
+what saturates first when requests differ (a cold request holds a slot 11x longer than a hit).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class _Replica:
     last_used: dict[str, float] = field(default_factory=dict)
     served: int = 0
     loads: int = 0
+    busy: float = 0.0  # slot-seconds: service and adapter loads
 
     @property
     def ongoing(self) -> int:
@@ -61,6 +67,7 @@ class Result:
     p50: float
     p99: float
     max_over_mean: float
+    busy_max_over_mean: float
     throughput: float
     decision_us: float
     wall_s: float
@@ -74,6 +81,13 @@ def zipf_sample(rng: np.random.Generator, n_adapters: int, s: float, count: int)
     p = 1.0 / np.arange(1, n_adapters + 1) ** s
     p /= p.sum()
     return rng.choice(n_adapters, size=count, p=p)
+
+
+def balanced_loads(adapters: np.ndarray, replicas: int, ratio: float) -> int:
+    """Fewest loads any router needs for max/mean <= ``ratio`` on this trace: each adapter loads
+    once per replica that serves it, and one replica serves at most ``ratio`` x the mean."""
+    most = max(1, int(ratio * len(adapters) / replicas))
+    return int(np.ceil(np.bincount(adapters) / most).sum())
 
 
 def replica_view(r: Any, max_ongoing: int, slots: int) -> ReplicaView:
@@ -106,11 +120,13 @@ def simulate(
     eviction: str = "lru",
     knobs: Knobs | None = None,
     seed: int = 0,
+    fleet_cls: type = Fleet,
 ) -> Result:
     """Run one router over the adapter ids in ``adapters`` (one request each, in order)."""
     rng = random.Random(seed)
     reps = [_Replica(f"r{i:04d}", AdapterCache(slots, policy=eviction)) for i in range(replicas)]
-    fleet = Fleet(knobs)
+    ours = router in ("ours", "before")
+    fleet = fleet_cls(knobs)
     fleet.set_replicas([ReplicaView(r.id, max_ongoing=max_ongoing, slots=slots) for r in reps])
     names = [f"a{int(a)}" for a in adapters]
     rate = util * replicas * k / service_t
@@ -133,13 +149,13 @@ def simulate(
     decisions = 0
 
     def publish(r: _Replica) -> None:
-        if router == "ours":
+        if ours:
             fleet.upsert(replica_view(r, max_ongoing, slots))
 
     def choose(i: int, now: float) -> _Replica | None:
         nonlocal decide_s, decisions
         a = names[i]
-        if router == "ours":
+        if ours:
             t0 = time.perf_counter()
             d = fleet.decide(RequestView((a,), now - arrival[i], T0 + now))
             decide_s += time.perf_counter() - t0
@@ -185,11 +201,12 @@ def simulate(
             seq += 1
             done = now + load_t + service_t
         r.cache.acquire(a)
+        r.busy += done - now
         heapq.heappush(events, (done, seq, "done", (r, i)))
         seq += 1
 
     def admit(r: _Replica, i: int, now: float) -> None:
-        if router == "ours":
+        if ours:
             fleet.started(r.id, (names[i],))  # as the router does when it sends a request
         if r.running < k:
             start(r, i, now)
@@ -202,7 +219,7 @@ def simulate(
         now, _, kind, payload = heapq.heappop(events)
         if kind == "arrive":
             arrival[payload] = now
-            if router == "ours":
+            if ours:
                 fleet.observe(RequestView((names[payload],)))
             r = choose(payload, now)
             if r is None:
@@ -232,7 +249,7 @@ def simulate(
             r.running -= 1
             r.served += 1
             r.cache.release(names[i])
-            if router == "ours":
+            if ours:
                 fleet.finished(r.id, (names[i],))
             latency.append(now - arrival[i])
             if clients and next_i < len(names):
@@ -252,6 +269,7 @@ def simulate(
     wall = time.perf_counter() - wall0
     lat = np.array(latency)
     served = np.array([r.served for r in reps])
+    busy = np.array([r.busy for r in reps])
     return Result(
         router=router,
         requests=len(names),
@@ -260,6 +278,7 @@ def simulate(
         p50=float(np.percentile(lat, 50)),
         p99=float(np.percentile(lat, 99)),
         max_over_mean=float(served.max() / served.mean()),
+        busy_max_over_mean=float(busy.max() / busy.mean()),
         throughput=len(names) / now,
         decision_us=decide_s / decisions * 1e6 if decisions else 0.0,
         wall_s=wall,

@@ -5,17 +5,29 @@ No Ray here: the Ray Serve router (router.py), the unit tests and the 1,000-repl
 
 Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongoing(r)``):
 
+0. **Bounded share.** This router counts the requests it sent to each replica (aged like the
+   adapter counts, see ``observe``; a new replica starts at the mean). A replica that got at
+   least ``balance`` x (the mean + 1) is *over its share*: it takes no new adapter, and requests
+   for adapters held elsewhere go elsewhere (consistent hashing with bounded loads, Mirrokni et
+   al. 2018, with the adapter's holders as its first choices). This bounds max/mean requests per
+   replica by about ``balance`` while a request still goes where its adapter is.
 1. **Hit.** Replicas holding ``a`` (resident, or a load already started) whose load is below
-   ``spill_at``, least loaded first (join-shortest-queue among holders); resident before loading
-   at equal load. When every holder is full the request queues for a holder, even one that is
-   still loading ``a``: a load in progress is never a reason to load it somewhere else.
+   ``spill_at`` and that are not over their share, least loaded first (join-shortest-queue among
+   holders); resident before loading, then fewer requests sent, at equal load. When every holder
+   is full (or over its share) the request queues for a holder, even one that is still loading
+   ``a``: a load in progress is never a reason to load it somewhere else.
 2. **Spill (hot adapter).** ``a`` is *hot* when its observed share of requests (aged counts this
    router keeps, see ``observe``) x the number of replicas x ``hot_factor`` exceeds its number of
    holders. A hot adapter whose holders are all at or above ``spill_to`` gains ONE more replica,
    put first: the best placement score (below) among non-holders below ``spill_to``. So a hot
    adapter grows copies early and stops growing once its holders have room, while a merely busy
    adapter (e.g. a burst for one cold adapter) stays on its one holder. When the adapter cools,
-   its extra copies stop being chosen first and eviction reclaims them.
+   its extra copies stop being chosen first and eviction reclaims them. Any adapter whose
+   holders are all full or over their share, at least one over it, also gains a copy (then the
+   holders follow, least over first) if its recent requests exceed the headroom the cap leaves
+   a replica (``balance`` - 1 of the mean): a rarer one (e.g. a burst for a cold adapter) stays
+   where it is, since a copy would cost a load to move almost nothing. Copies go only to
+   replicas not over their share.
 3. **Cold placement with admission.** No holder: while the request has waited less than
    ``admit_wait_s``, only replicas below ``place_below`` that have a free slot or whose next
    eviction victim is no more requested than ``a`` are eligible; when none is, the request waits
@@ -33,10 +45,10 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    together): a replica loading no other adapter (a load takes a batch slot for its whole
    duration, and two on one replica stall everything queued there); a free slot; how rarely the
    replica's next victim (``victims``) is requested (bucketed by powers of two); load below
-   ``spill_to``; how long ago that victim was last used (powers of two of milliseconds); then
-   the rendezvous hash of ``a``, fixed per (adapter, replica), so every router instance picks
-   the same home without talking to the others and a burst for one cold adapter loads it on one
-   replica.
+   ``spill_to``; no more requests sent than the mean (step 0); how long ago that victim was
+   last used (powers of two of milliseconds); then the rendezvous hash of ``a``, fixed per
+   (adapter, replica), so every router instance picks the same home without talking to the
+   others and a burst for one cold adapter loads it on one replica.
    A replica's victim is the first adapter of its reported eviction order (``victims``, in use
    or not) that this router has no request in flight for (``started``/``finished``) and, if
    possible, has not sent a request for since the replica's last report (under lru or lfu such
@@ -60,7 +72,10 @@ Knobs (``Knobs``):
   replica below it, so spilling relieves the adapter rather than moving the queue.
 - ``hot_factor`` (1.0): how eagerly an adapter counts as hot (see 2). 1.0 with 3 replicas: an
   adapter with more than 1/3 of requests wants a second copy, more than 2/3 a third.
-- ``hot_min_requests`` (20): no adapter is hot before the router has counted this many requests.
+- ``hot_min_requests`` (20): no adapter is hot, and no replica over its share, before the router
+  has counted this many requests.
+- ``balance`` (1.2): a replica that got this many times (the mean + 1) of the requests is over
+  its share (step 0); 0 turns shares off. Lower balances better and loads more copies.
 - ``place_below`` (1.0): a cold adapter is placed only on replicas below this load.
 - ``admit_wait_s`` (0.05): how long a cold adapter waits for a replica whose victim is no more
   popular than itself (0 disables admission). Keep it to a few service times: it is latency
@@ -102,6 +117,7 @@ class Knobs:
     place_below: float = 1.0
     admit_wait_s: float = 0.05
     max_wait_s: float = 3.0
+    balance: float = 1.2
     max_candidates: int = 3
     fallbacks: int = 2
     decay_every: int = 0
@@ -241,6 +257,8 @@ class Fleet:
         self._victim_f = np.zeros(0)
         self._guarded = np.zeros(0, dtype=bool)  # see _set_victim
         self._tiebreak = np.zeros(0)
+        self._sent = np.zeros(0)  # aged count of requests this router sent to each replica
+        self._sent_sum = 0.0
         self._hash_cache: dict[str, int] = {}
 
     # ---- updates -------------------------------------------------------------------------
@@ -321,6 +339,9 @@ class Fleet:
 
     def _rebuild(self) -> None:
         views = list(self._views.values())
+        sent = {r: self._sent[i] for r, i in self._index.items()}
+        # NOTE: a new replica joins at the mean: at 0 it would take every request until even.
+        mean = float(np.mean(list(sent.values()))) if sent else 0.0
         self._ids = [v.id for v in views]
         self._index = {r: i for i, r in enumerate(self._ids)}
         self._holders = {}
@@ -338,6 +359,8 @@ class Fleet:
         )
         # Fixed random tie-break (seeded by the ids, so every router agrees).
         self._tiebreak = (self._seeds >> np.uint64(11)).astype(np.float64) / float(1 << 53) * 1e-6
+        self._sent = np.array([sent.get(v.id, mean) for v in views])
+        self._sent_sum = float(self._sent.sum())
         self._victim_t = np.full(len(views), np.nan)
         self._victim_of = {}
         self._victim = [None] * len(views)
@@ -403,6 +426,8 @@ class Fleet:
             counts[a] = counts.get(a, 0) + 1
         self._used_since.setdefault(replica_id, set()).update(adapters)
         if replica_id in self._index:
+            self._sent[self._index[replica_id]] += 1
+            self._sent_sum += 1
             self._set_victim(self._index[replica_id])
 
     def finished(self, replica_id: str, adapters: Iterable[str]) -> None:
@@ -449,6 +474,8 @@ class Fleet:
             self._freq = {a: f / 2 for a, f in self._freq.items() if f >= 1.0}
             self._total /= 2
             self._victim_f /= 2
+            self._sent /= 2
+            self._sent_sum /= 2
 
     def decide(self, request: RequestView) -> Decision:
         """Rank replicas for ``request``: holders (and a spill copy when hot), else cold
@@ -488,20 +515,26 @@ class Fleet:
             return []
         need = len(request.adapters)
         full = [i for i, c in held.items() if c == need]
-        spare = [i for i in (full or held) if load[i] < k.spill_at]
-        spare.sort(key=lambda i: (-held[i], load[i], not self._resident(i, request)))
+        cap = self._share_cap()
+        over = {i for i in held if self._sent[i] >= cap}
+        spare = [i for i in (full or held) if load[i] < k.spill_at and i not in over]
+        spare.sort(key=lambda i: (-held[i], load[i], not self._resident(i, request), self._sent[i]))
         out: list[tuple[int, Kind]] = []
-        if self._hot(request, len(held)) and not any(load[i] < k.spill_to for i in spare):
-            # A hot adapter (by observed rate) whose holders are all half busy: one more copy.
-            mask = load < k.spill_to
+        # One more copy for a hot adapter (by observed rate) whose holders are all half busy,
+        # or for any adapter whose holders are full or over their share of requests.
+        hot = self._hot(request, len(held))
+        if (hot and not any(load[i] < k.spill_to for i in spare)) or (
+            not spare and over and self._worth_a_copy(request)
+        ):
+            mask = (load < k.spill_to) & (self._sent < cap)
             mask[list(held)] = False
             t = self._best_placement(request.key, mask, now, load, cold=False)
             if t is not None:
                 out.append((t, "spill"))
-        if not spare and not out:
-            # Every holder is full and the adapter is not hot (or nothing is free to spill to):
-            # queue for a holder, even one still loading it, rather than load it again.
-            spare = sorted(full or held, key=lambda i: load[i])
+        if not spare:
+            # Every holder is full or over its share (after the new copy, if any): queue for a
+            # holder, even one still loading it, rather than load it again.
+            spare = sorted(full or held, key=lambda i: (i in over, load[i]))
         out += [(i, "hit" if held[i] == need else "cold") for i in spare[: k.max_candidates]]
         return out
 
@@ -509,7 +542,7 @@ class Fleet:
         """Step 3: where to load an adapter nothing holds, or None to wait (guarded replicas
         and admission, both lifted by waiting)."""
         k = self.knobs
-        mask = load < k.place_below
+        mask = (load < k.place_below) & (self._sent < self._share_cap())
         if request.waited_s < k.max_wait_s:
             # Never evict an adapter that requests queued here still want (they would load it
             # again): skip guarded replicas, or wait if every replica is.
@@ -536,6 +569,19 @@ class Fleet:
             return False
         share = self._freq.get(request.adapters[0], 0.0) / self._total
         return copies_wanted(share, len(self._ids), self.knobs.hot_factor) > holders
+
+    def _worth_a_copy(self, request: RequestView) -> bool:
+        """Whether the adapter's recent requests exceed the headroom the cap leaves a replica
+        (``balance`` - 1 of the mean): below that, a copy costs a load and moves almost nothing."""
+        f = min(self._freq.get(a, 0.0) for a in request.adapters)
+        return f * len(self._ids) >= (self.knobs.balance - 1.0) * self._total
+
+    def _share_cap(self) -> float:
+        """Requests sent (aged) from which a replica is over its share: ``balance`` x (the mean
+        + 1); no cap before ``hot_min_requests`` requests or with ``balance`` 0."""
+        if not self.knobs.balance or self._total < self.knobs.hot_min_requests:
+            return np.inf
+        return self.knobs.balance * (self._sent_sum / len(self._ids) + 1.0)
 
     def _resident(self, i: int, request: RequestView) -> bool:
         return all(self._holders.get(a, {}).get(i, False) for a in request.adapters)
@@ -572,8 +618,9 @@ class Fleet:
         3. a free adapter slot;
         4. how rarely its next victim is requested (powers of two of the aged count);
         5. (cold) lightly loaded;
-        6. how long its next victim has been idle (powers of two of milliseconds);
-        7. the rendezvous hash of ``key``, so every router picks the same replica.
+        6. no more requests sent there than the mean;
+        7. how long its next victim has been idle (powers of two of milliseconds);
+        8. the rendezvous hash of ``key``, so every router picks the same replica.
         """
         idx = np.flatnonzero(mask)
         if not len(idx):
@@ -588,6 +635,7 @@ class Fleet:
         criteria.append(-_log2_bucket(self._victim_f))
         if cold:
             criteria.append(light)
+        criteria.append(self._sent <= self._sent_sum / len(self._ids))
         criteria.append(_log2_bucket(idle_ms))
         criteria.append(self._rendezvous(key))
         # NOTE: np.lexsort sorts by its LAST key first, ascending: the best is the last row.

@@ -350,3 +350,72 @@ def test_a_cold_adapter_goes_to_a_replica_not_already_loading_one():
     assert fleet.decide(req("new", waited=1.0)).ids == ["r1"]
     fleet.upsert(r("r0", ["x"], ongoing=1))  # its load finished
     assert fleet.decide(req("new", waited=1.0)).ids == ["r0"]
+
+
+def sent(fleet, replica_id, n):
+    """``n`` requests this router sent to ``replica_id`` (and that completed)."""
+    for _ in range(n):
+        fleet.started(replica_id, ["other"])
+        fleet.finished(replica_id, ["other"])
+
+
+def test_a_holder_over_its_share_of_requests_is_skipped():
+    # r0 is the least busy holder now, but it got far more requests than the mean so far.
+    replicas = [r("r0", ["a"]), r("r1", ["a"], ongoing=2), r("r2"), r("r3")]
+    for knobs, first in [(Knobs(), "r1"), (Knobs(balance=0), "r0")]:
+        fleet = hot_fleet(replicas, "other", n=40)
+        fleet.knobs = knobs
+        sent(fleet, "r0", 30)
+        sent(fleet, "r1", 5)
+        assert fleet.decide(req("a")).ids[0] == first
+
+
+def test_an_adapter_whose_holders_are_all_over_their_share_gains_a_copy():
+    replicas = [r("r0", ["a", "rare"]), r("r1"), r("r2"), r("r3")]
+    fleet = hot_fleet(replicas, "other", n=40)
+    for _ in range(5):  # 'a': 1/9 of the requests, not hot by rate (1/4 would be)
+        fleet.observe(req("a"))
+    sent(fleet, "r0", 30)
+    d = fleet.decide(req("a"))
+    assert d.kind == "spill" and d.ids[0] != "r0" and "r0" in d.ids
+    # An adapter with (almost) no requests is not worth a load: it stays on its holder.
+    assert fleet.decide(req("rare")).ids == ["r0"]
+    fleet.knobs = Knobs(balance=0)
+    assert fleet.decide(req("a")).ids == ["r0"]
+
+
+def test_a_new_replica_joins_at_the_mean_so_adapters_stay_put():
+    fleet = hot_fleet([r("r0", ["a"]), r("r1", ["b"]), r("r2", ["c"])], "other", n=40)
+    for rid in ("r0", "r1", "r2"):
+        sent(fleet, rid, 50)
+    fleet.upsert(r("r3"))  # scale-up: at 0 requests every old replica would be over its share
+    assert fleet.decide(req("a")).ids == ["r0"]
+
+
+def test_requests_stay_within_balance_and_near_their_adapters():
+    # A small fleet driven request by request (each completes before the next), Zipf adapters:
+    # no replica gets more than ``balance`` x (the mean + 1) requests, and copies are made only
+    # where balance needs them: loads stay within 1.1x the fewest any router could make.
+    import numpy as np
+
+    fleet = Fleet()
+    fleet.set_replicas([r(f"r{i:02d}", slots=1000) for i in range(20)])
+    rng = np.random.default_rng(0)
+    p = 1.0 / np.arange(1, 201) ** 1.1
+    trace = [f"a{i}" for i in rng.choice(200, size=2000, p=p / p.sum())]
+    loads, served = 0, dict.fromkeys(fleet.ids, 0)
+    for a in trace:
+        fleet.observe(req(a))
+        d = fleet.decide(req(a))
+        rid = d.ids[0]
+        if d.kinds[rid] in ("cold", "spill"):
+            loads += 1
+            fleet.place(rid, [a])
+        fleet.started(rid, [a])
+        fleet.finished(rid, [a])
+        served[rid] += 1
+    counts = np.array(list(served.values()))
+    assert counts.max() <= fleet.knobs.balance * (counts.mean() + 1)  # 4.6x before the cap
+    most = int(1.3 * len(trace) / 20)
+    fewest = sum(-(-n // most) for n in np.unique(trace, return_counts=True)[1])
+    assert loads <= 1.1 * fewest, (loads, fewest)
