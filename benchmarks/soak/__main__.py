@@ -6,8 +6,8 @@ and not, over the bases and their adapters, and images with and without LoRAs (m
 the image working set holds). Prints per minute: sent / answered / failed and p50 / p99 latency;
 every failure with its status and message (so none goes unexplained); and the resident memory
 (RSS) of the Serve proxy, the ingress, the registry, each model replica and the vLLM engine
-process, sampled after the warm-up and at every minute's end, with the growth rate in each half
-of the run. Writes the figures as JSON.
+processes, sampled after the warm-up and at every minute's end, with the growth rate in each
+half of the run; latency per kind of request. Writes the figures as JSON.
 """
 
 import argparse

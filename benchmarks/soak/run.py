@@ -18,15 +18,17 @@ TEXT_MODELS = [TEXT, *(f"{TEXT}:{a}" for a in ("pirate", "french", "sql", "short
 REF_MODELS = [REF, f"{REF}:ref-pirate", f"{REF}:ref-sql"]  # Transformers + PEFT
 # NOTE: five LoRAs over a working set of four: images also exercise eviction and reloads.
 IMAGE_MODELS = [IMAGE, *(f"{IMAGE}:{a}" for a in ("pixel", "sketch", "style3d", "kohya", "cereal"))]
-# (share of requests, kind); "ref" goes to the PEFT engine, every other one streamed
-MIX = [(0.30, "completion"), (0.15, "chat"), (0.20, "completion-stream"), (0.10, "chat-stream"),
-       (0.10, "ref"), (0.15, "image")]  # fmt: skip
+# (share of requests, kind); "ref" goes to the PEFT engine, every other one streamed; "leave" is
+# a streamed completion the client leaves after LEAVE_AFTER lines (its generation is cancelled)
+MIX = [(0.25, "completion"), (0.15, "chat"), (0.20, "completion-stream"), (0.10, "chat-stream"),
+       (0.05, "leave"), (0.10, "ref"), (0.15, "image")]  # fmt: skip
+LEAVE_AFTER = 3
 
 
 @dataclass(frozen=True)
 class Setup:
     minutes: float = 10.0
-    rate: float = 3.0
+    rate: float = 1.2  # what the 2-core machine serves steadily (~2 req/s saturate it)
     max_inflight: int = 32
 
 
@@ -98,7 +100,9 @@ def _body(kind: str, i: int) -> tuple[str, dict]:
         return "/v1/images/generations", body
     model = rng.choice(TEXT_MODELS)
     common = {"model": model, "max_tokens": rng.choice([8, 16, 32]), "temperature": 0.7, "seed": i}
-    common["stream"] = kind.endswith("-stream")
+    common["stream"] = kind.endswith("-stream") or kind == "leave"
+    if kind == "leave":  # long enough to be cut short
+        common |= {"max_tokens": 128, "ignore_eos": True, "leave": True}
     if kind.startswith("chat"):
         return "/v1/chat/completions", {**common, "messages": [{"role": "user", "content": "Hi"}]}
     return "/v1/completions", {**common, "prompt": "Once upon a time"}
@@ -109,14 +113,18 @@ async def _one(client: httpx.AsyncClient, path: str, body: dict) -> str | None:
     if not body.get("stream"):
         resp = await client.post(path, json=body)
         return None if resp.status_code == 200 else f"{resp.status_code} {resp.text[:200]}"
+    leave = body.pop("leave", False)
     async with client.stream("POST", path, json=body) as resp:
         if resp.status_code != 200:
             return f"{resp.status_code} {(await resp.aread())[:200]!r}"
-        done = False
+        done, events = False, 0
         async for line in resp.aiter_lines():
             if '"error"' in line:
                 return f"in-stream error: {line[:200]}"
             done = done or line == "data: [DONE]"
+            events += line.startswith("data: ")
+            if leave and events >= LEAVE_AFTER:
+                return None  # NOTE: closing the stream here is the client going away
     return None if done else "stream ended without [DONE]"
 
 
@@ -124,6 +132,7 @@ async def _soak(url: str, setup: Setup) -> dict:
     kinds = [k for _, k in MIX]
     weights = [w for w, _ in MIX]
     minutes: list[Minute] = []
+    by_kind: dict[str, list[float]] = {k: [] for k in kinds}
     failures: Counter[str] = Counter()
     gate = asyncio.Semaphore(setup.max_inflight)
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
@@ -147,6 +156,7 @@ async def _soak(url: str, setup: Setup) -> dict:
             if problem is None:
                 minute.answered += 1
                 minute.latencies.append(time.monotonic() - t)
+                by_kind[kind].append(time.monotonic() - t)
             else:
                 minute.failed += 1
                 failures[f"{kind}: {problem}"] += 1
@@ -168,7 +178,7 @@ async def _soak(url: str, setup: Setup) -> dict:
         await asyncio.gather(*tasks)  # NOTE: bounded: every request has a client timeout
         _print_minute(len(minutes), minutes[-1])
         rss.append(_rss())
-    return _report(minutes, failures, rss)
+    return _report(minutes, by_kind, failures, rss)
 
 
 def _print_minute(n: int, m: Minute) -> None:
@@ -184,7 +194,9 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def _report(minutes: list[Minute], failures: Counter, rss: list[dict[str, int]]) -> dict:
+def _report(
+    minutes: list[Minute], by_kind: dict[str, list[float]], failures: Counter, rss: list[dict]
+) -> dict:
     rows = [
         {"minute": i + 1, "sent": m.sent, "answered": m.answered, "failed": m.failed,
          "p50_s": round(_pct(m.latencies, 0.5), 4), "p99_s": round(_pct(m.latencies, 0.99), 4)}
@@ -198,10 +210,16 @@ def _report(minutes: list[Minute], failures: Counter, rss: list[dict[str, int]])
               f"{r['p50_s']:7.3f} {r['p99_s']:7.3f}")  # fmt: skip
     total = {k: sum(r[k] for r in rows) for k in ("sent", "answered", "failed")}
     print(f"{'total':>6s} {total['sent']:6d} {total['answered']:8d} {total['failed']:6d}")
+    kinds = {k: {"answered": len(v), "p50_s": round(_pct(v, 0.5), 4),
+                 "p99_s": round(_pct(v, 0.99), 4)} for k, v in by_kind.items()}  # fmt: skip
+    print(f"\n{'kind':18s} {'answered':>8s} {'p50 s':>7s} {'p99 s':>7s}")
+    for k, r in kinds.items():
+        print(f"{k:18s} {r['answered']:8d} {r['p50_s']:7.3f} {r['p99_s']:7.3f}")
     print("\nfailures:" if failures else "\nfailures: none")
     for what, n in failures.most_common():
         print(f"  {n:4d} x {what}")
-    return {"minutes": rows, "total": total, "failures": dict(failures), "rss": _rss_report(rss)}
+    return {"minutes": rows, "total": total, "kinds": kinds, "failures": dict(failures),
+            "rss": _rss_report(rss)}  # fmt: skip
 
 
 def _rss_report(samples: list[dict[str, int]]) -> list[dict]:
@@ -224,8 +242,8 @@ def _rss_report(samples: list[dict[str, int]]) -> list[dict]:
 
 
 def _rss() -> dict[str, int]:
-    """RSS of this run's Serve replica and vLLM engine processes (those descended from this
-    process, which started the local Ray cluster), by process title."""
+    """RSS of this run's Serve proxy, replica and vLLM processes (engine core and worker; those
+    descended from this process, which started the local Ray cluster), by process title."""
     out: dict[str, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
     for pid in _descendants():
@@ -234,7 +252,7 @@ def _rss() -> dict[str, int]:
             rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
         except (OSError, ValueError, IndexError):
             continue
-        if "ServeReplica:" in title or "EngineCore" in title or "ProxyActor" in title:
+        if "ServeReplica:" in title or "VLLM::" in title or "ProxyActor" in title:
             # NOTE: Ray appends the running method to a replica's title (".handle_request...")
             name = title.removeprefix("ray::").split(".", 1)[0]
             while name in out:
