@@ -52,6 +52,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
 def _options(d: DeploymentOptions) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "max_ongoing_requests": d.max_ongoing_requests,
+        "max_queued_requests": d.max_queued_requests,
         "ray_actor_options": d.ray_actor_options,
     }
     if d.autoscaling_config is not None:

@@ -43,6 +43,13 @@ class DeploymentOptions(_Strict):
         "serve_app.autoscaling's, which also scales out for adapter-load pressure.",
     )
     max_ongoing_requests: PositiveInt = Field(default=64, description="Per replica.")
+    max_queued_requests: Literal[-1] | PositiveInt = Field(
+        default=256,
+        description="Requests each caller (an ingress replica, a batch job) holds for this "
+        "deployment while every replica is at max_ongoing_requests; more are refused at once "
+        "with 503 + Retry-After (Serve's back-pressure) instead of waiting without bound. "
+        "-1: no limit.",
+    )
     ray_actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0.5},
         description="Resources and runtime_env of each replica actor.",

@@ -1,11 +1,13 @@
-"""``python -m benchmarks.soak``: a bounded soak of the demo app (``configs/demo.yaml``: vLLM text
-and Diffusers images on the tiny demo models), stopping by itself after ``--minutes``.
+"""``python -m benchmarks.soak``: a bounded soak of the demo app (``configs/demo.yaml``: SmolLM2
+on vLLM and on Transformers+PEFT, the tiny Diffusers model), stopping by itself after ``--minutes``.
 
 Open-loop clients send a steady mix at ``--rate`` requests/s: text completions and chat, streamed
-and not, over the base and its adapters, and images with and without LoRAs. Prints per minute:
-sent / answered / failed and p50 / p99 latency; every failure with its status and message (so
-none goes unexplained); and the resident memory (RSS) of each Serve replica process, the ingress
-and the vLLM engine processes at start and end. Writes the figures as JSON.
+and not, over the bases and their adapters, and images with and without LoRAs (more LoRAs than
+the image working set holds). Prints per minute: sent / answered / failed and p50 / p99 latency;
+every failure with its status and message (so none goes unexplained); and the resident memory
+(RSS) of the Serve proxy, the ingress, the registry, each model replica and the vLLM engine
+processes, sampled after the warm-up and at every minute's end, with the growth rate in each
+half of the run; latency per kind of request. Writes the figures as JSON.
 """
 
 import argparse

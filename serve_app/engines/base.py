@@ -76,5 +76,7 @@ class ImageEngine(AdapterEngine, Protocol):
         ...
 
     async def generate(self, job: ImageJob, adapters: list[tuple[str, float]]) -> list[bytes]:
-        """PNG images for ``job`` with the weighted adapter mix (empty: the base model)."""
+        """PNG images for ``job`` with the weighted adapter mix (empty: the base model).
+        Cancelling the call stops its work (text engines: a cancelled call or a closed stream
+        stops the generation)."""
         ...

@@ -5,10 +5,13 @@ and every load/unload happens under ONE asyncio lock, on ONE worker thread (the 
 free). Requests that share an adapter set and call parameters and arrive while the pipeline is
 busy are run together as one batched pipeline call, each image with its own seeded generator, so
 an image does not depend on what it was batched with (checked by the tests on CPU).
+A request that goes away (client disconnect, cancelled call) leaves the queue; a pipeline call
+whose requests have all gone stops after its current denoising step and frees the pipeline.
 No Ray Serve, no FastAPI.
 """
 
 import asyncio
+import inspect
 import io
 import logging
 import random
@@ -65,10 +68,23 @@ class DiffusersEngine:
         self._lock = asyncio.Lock()  # NOTE: guards the pipeline's adapter state and every call
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusers")
         self._pending: dict[CallKey, list[_Job]] = defaultdict(list)
-        self.counters = {"calls": 0, "images": 0, "batched_requests": 0, "max_batch": 0}
+        self._turns: set[asyncio.Task] = set()  # NOTE: strong refs; the loop holds tasks weakly
+        self._stoppable = False  # the pipeline takes callback_on_step_end
+        self.counters = {
+            "calls": 0,
+            "images": 0,
+            "batched_requests": 0,
+            "max_batch": 0,
+            "steps": 0,  # denoising steps run, all calls together
+            "cancelled": 0,  # calls stopped early because every request in them went away
+            "running": 0,  # calls on the pipeline now
+        }
 
     async def start(self) -> None:
         self.pipe = await self._run(self._load_pipeline)
+        self._stoppable = "callback_on_step_end" in inspect.signature(self.pipe.__call__).parameters
+        if not self._stoppable:
+            log.warning("%s has no callback_on_step_end: calls run to the end", self.model)
 
     def _load_pipeline(self) -> Any:
         started = time.monotonic()
@@ -198,30 +214,35 @@ class DiffusersEngine:
         )
         queued = _Job(job.prompt, negative_prompt, [seed + i for i in range(n)], asyncio.Future())
         self._pending[key].append(queued)
+        # NOTE: the pipeline runs in "turns", tasks of their own that outlive this request: the
+        # turn that gets the lock first runs every job queued under its key (up to max_batch
+        # images), so requests that arrive while the pipeline is busy are batched; later turns
+        # find theirs done. If this request is cancelled, awaiting its future cancels the
+        # future: it leaves the queue, or its running call stops once no job in it is waiting.
+        turn = asyncio.ensure_future(self._turn(key))
+        self._turns.add(turn)
+        turn.add_done_callback(self._turns.discard)
         try:
-            # NOTE: whoever gets the lock first runs every job queued under its key (up to
-            # max_batch images), so requests that arrive while the pipeline is busy are batched;
-            # later waiters find theirs done. The batch runs as its own task: if this request is
-            # cancelled, the others in the batch still get their images.
-            while not queued.future.done():
-                async with self._lock:
-                    if not queued.future.done():
-                        batch = self._take(key)
-                        await asyncio.shield(asyncio.ensure_future(self._run_batch(key, batch)))
-            return queued.future.result()
+            return await queued.future
         finally:
-            if not queued.future.done():  # cancelled while queued: never run it
-                queue = self._pending.get(key, [])
-                if queued in queue:
-                    queue.remove(queued)
+            queue = self._pending.get(key, [])
+            if queued in queue:  # cancelled while queued: never run it
+                queue.remove(queued)
+
+    async def _turn(self, key: CallKey) -> None:
+        async with self._lock:
+            batch = self._take(key)
+            if batch:
+                await self._run_batch(key, batch)
 
     def _take(self, key: CallKey) -> list[_Job]:
         queue = self._pending[key]
         batch, images = [], 0
         while queue and (not batch or images + len(queue[0].seeds) <= self.max_batch):
             job = queue.pop(0)
-            batch.append(job)
-            images += len(job.seeds)
+            if not job.future.done():
+                batch.append(job)
+                images += len(job.seeds)
         if not queue:
             self._pending.pop(key, None)
         return batch
@@ -229,6 +250,10 @@ class DiffusersEngine:
     async def _run_batch(self, key: CallKey, batch: list[_Job]) -> None:
         try:
             results = await self._run(self._call, key, batch)
+        except _Abandoned as e:
+            self.counters["cancelled"] += 1
+            log.info("pipeline call stopped: %s", e)
+            return
         except Exception as e:
             log.exception("pipeline call failed")
             err = e if isinstance(e, EngineError) else EngineError(f"{type(e).__name__}: {e}")
@@ -245,23 +270,46 @@ class DiffusersEngine:
         prompts = [j.prompt for j in batch for _ in j.seeds]
         negatives = [j.negative_prompt or "" for j in batch for _ in j.seeds]
         generators = [torch.Generator("cpu").manual_seed(s) for j in batch for s in j.seeds]
-        kwargs = {} if key.guidance_scale is None else {"guidance_scale": key.guidance_scale}
-        out = self.pipe(
-            prompt=prompts,
-            negative_prompt=negatives if key.negative else None,
-            width=key.width,
-            height=key.height,
-            num_inference_steps=key.steps,
-            generator=generators,
-            output_type="pil",
-            **kwargs,
-        )
+        kwargs: dict[str, Any] = {}
+        if key.guidance_scale is not None:
+            kwargs["guidance_scale"] = key.guidance_scale
+        if self._stoppable:
+            kwargs["callback_on_step_end"] = self._step_check(batch)
+        self.counters["running"] += 1
+        try:
+            out = self.pipe(
+                prompt=prompts,
+                negative_prompt=negatives if key.negative else None,
+                width=key.width,
+                height=key.height,
+                num_inference_steps=key.steps,
+                generator=generators,
+                output_type="pil",
+                **kwargs,
+            )
+        finally:
+            self.counters["running"] -= 1
         pngs = iter(_png(img) for img in out.images)
         self.counters["calls"] += 1
         self.counters["images"] += len(prompts)
         self.counters["batched_requests"] += len(batch) if len(batch) > 1 else 0
         self.counters["max_batch"] = max(self.counters["max_batch"], len(batch))
         return [[next(pngs) for _ in j.seeds] for j in batch]
+
+    def _step_check(self, batch: list[_Job]) -> Any:
+        """A ``callback_on_step_end`` that counts steps and stops the call once every job in
+        ``batch`` is cancelled. NOTE: raising, not ``pipe._interrupt = True``: the interrupt flag
+        still decodes and post-processes images nobody will receive, and not every pipeline reads
+        it; an exception from the callback stops every pipeline that takes one, at once. Reading
+        ``Future.cancelled()`` from this worker thread is a plain state read."""
+
+        def check(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+            self.counters["steps"] += 1
+            if all(j.future.cancelled() for j in batch):
+                raise _Abandoned(f"every request in it went away after step {step + 1}")
+            return tensors
+
+        return check
 
     def _activate(self, adapters: tuple[tuple[str, float], ...]) -> None:
         if not adapters:
@@ -287,6 +335,10 @@ class DiffusersEngine:
 
     async def shutdown(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+class _Abandoned(Exception):
+    """Raised inside a pipeline call whose requests have all gone away, to stop it."""
 
 
 class _UnhandledKeys(logging.Handler):

@@ -1,12 +1,15 @@
 """The image deployment on local Ray Serve, called through handles as the ingress calls it, with the
 real Diffusers engine on the tiny demo pipeline and its LoRAs (built once for this module).
 
-Three deployments share one Serve instance: ``img`` (batching on, all demo LoRAs fit), ``img1``
-(max_batch=1: bitwise-reproducible under load) and ``small`` (2 adapter slots, for eviction).
+Four deployments share one Serve instance: ``img`` (batching on, all demo LoRAs fit), ``img1``
+(max_batch=1: bitwise-reproducible under load), ``small`` (2 adapter slots, for eviction) and
+``one`` (one request at a time, one queued: Serve's back-pressure, options as ``build_app`` sets
+them).
 """
 
 import base64
 import copy
+import dataclasses
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +19,8 @@ import pytest
 from PIL import Image
 
 from adapters.errors import AdapterCapacityError, InvalidAdapterError
-from serve_app.config import ImageConfig
+from serve_app.app import _options
+from serve_app.config import DeploymentOptions, ImageConfig
 from serve_app.demo.image_assets import build_image_assets
 from serve_app.image_api import parse_image_request
 from tests.ports import free_port
@@ -119,6 +123,12 @@ def serve_handles(assets):
             cfg, sources, None, options
         )
         handles[name] = serve.run(app, name=name, route_prefix=None)
+    one = DeploymentOptions(max_ongoing_requests=1, max_queued_requests=1,
+                            ray_actor_options={"num_cpus": 0.2})  # fmt: skip
+    app = ImageDeployment.options(name="one", **_options(one)).bind(
+        _cfg(assets, "tiny-sd"), sources, None
+    )
+    handles["one"] = serve.run(app, name="one", route_prefix=None)
     yield handles
     serve.shutdown()
     ray.shutdown()
@@ -401,3 +411,72 @@ def test_mix_larger_than_allowed_is_refused(serve_handles, specs):
     mix.append({"spec": copy.deepcopy(specs["sketch"]), "weight": 1.0})
     with pytest.raises(InvalidRequestError, match="at most 4"):
         h.generate.remote(req, mix).result()
+
+
+def _long_job(steps: int):
+    """A job of ``steps`` denoising steps (the ingress caps steps; the deployment does not)."""
+    return dataclasses.replace(parse_image_request({"prompt": PROMPT}, REQ_CFG).job(), steps=steps)
+
+
+def _wait_for(cond, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_cancelled_request_stops_its_pipeline_call_and_the_next_is_served(serve_handles, specs):
+    """A caller that goes away mid-image (Serve cancels the replica's call; it does so for an HTTP
+    client that disconnects): the pipeline stops after the step it is on, far short of the 400
+    steps asked for, and the next request is served normally."""
+    from ray.serve.exceptions import RequestCancelledError
+
+    h = serve_handles["img"]
+
+    def engine() -> dict:
+        return h.adapter_snapshot.remote().result()["engine"]
+
+    before = engine()
+    resp = h.generate.remote(_long_job(400), [])
+    _wait_for(lambda: engine()["steps"] - before["steps"] >= 2)  # it is rendering
+    resp.cancel()
+    _wait_for(lambda: engine()["running"] == 0)
+    after = engine()
+    ran = after["steps"] - before["steps"]
+    print(f"\ncancelled image request: {ran} of 400 denoising steps ran")
+    assert after["cancelled"] == before["cancelled"] + 1 and after["calls"] == before["calls"]
+    assert ran < 100, after
+    with pytest.raises(RequestCancelledError):
+        resp.result()
+    assert _one(h, specs) == _one(h, specs)  # served, and as deterministic as ever
+
+
+def test_overload_is_refused_at_once_as_503_retry_after(serve_handles, specs):
+    """Six long requests at a deployment that runs one and queues one (``max_queued_requests``):
+    the rest are refused at once with Serve's BackPressureError, which the ingress answers as
+    503 + Retry-After; cancelling the accepted ones frees the replica for the next request."""
+    from ray.serve.exceptions import BackPressureError
+
+    from serve_app.ingress import _error
+
+    h = serve_handles["one"]
+    _one(h, specs)  # ready and warm
+    sent = [h.generate.remote(_long_job(400), []) for _ in range(6)]
+    refused, accepted = [], []
+    for resp in sent:
+        try:
+            resp.result(timeout_s=0.5)
+        except BackPressureError as e:
+            refused.append(e)
+        except TimeoutError:
+            accepted.append(resp)
+    print(f"\n6 long requests at 1 running + 1 queued: {len(refused)} refused at once")
+    assert len(refused) >= 4 and len(accepted) <= 2
+    answer = _error(refused[0])
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert b"overloaded" in answer.body
+    for resp in accepted:
+        resp.cancel()
+    assert len(_images(h.generate.remote(_long_job(2), []))) == 1
+    engine = h.adapter_snapshot.remote().result()["engine"]
+    assert engine["calls"] == 2, engine  # the warm-up and the last: no 400-step call finished

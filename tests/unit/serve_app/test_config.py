@@ -54,3 +54,23 @@ def test_max_cpu_loras_defaults_to_max_loras():
 def test_bad_adapter_name_in_config_is_refused():
     with pytest.raises(Exception, match="invalid adapter name"):
         AppConfig.model_validate({"llm": [_llm(adapters=[{"name": "../x", "source": "/a"}])]})
+
+
+def test_deployments_queue_a_bounded_number_of_requests():
+    """Serve's back-pressure is on by default: every model deployment gets a caller-side queue
+    limit that Serve's own deployment config accepts; -1 (no limit) is a choice, 0 is refused."""
+    from ray import serve
+
+    from serve_app.app import _options
+    from serve_app.config import DeploymentOptions
+
+    opts = _options(DeploymentOptions())
+    assert opts["max_queued_requests"] == 256
+
+    class Model:
+        pass
+
+    assert serve.deployment(Model).options(**opts).max_queued_requests == 256
+    assert _options(DeploymentOptions(max_queued_requests=-1))["max_queued_requests"] == -1
+    with pytest.raises(ValidationError):
+        DeploymentOptions(max_queued_requests=0)

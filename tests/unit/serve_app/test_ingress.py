@@ -148,6 +148,21 @@ async def test_an_error_before_the_first_event_is_a_status_not_a_stream(setup):
     assert "broken" in _error(await setup.client.post("/v1/completions", json=body), 422)["message"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_back_pressure_is_503_with_retry_after(setup, stream):
+    """Serve refuses a request once the deployment's caller-side queue is full
+    (``max_queued_requests``): the client is told the server is overloaded and when to retry."""
+    from ray.serve.exceptions import BackPressureError
+
+    setup.llm.fail_with = BackPressureError(num_queued_requests=256, max_queued_requests=256)
+    resp = await setup.client.post(
+        "/v1/completions", json={"model": "sql", "prompt": "x", "stream": stream}
+    )
+    err = _error(resp, 503)
+    assert err["type"] == "overloaded_error" and "max_queued_requests=256" in err["message"]
+    assert resp.headers["retry-after"] == "1"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "says"),
     [
