@@ -129,7 +129,7 @@ def _app_paths(setup, llm, adapters, img, work: Path, text: Path) -> dict[str, d
         httpx.post(f"{url}/v1/completions", json={"model": BASE, "prompt": "warm",
                    "max_tokens": 2}, timeout=600).raise_for_status()  # fmt: skip
         client = JobSubmissionClient(f"http://{ctx.dashboard_url}")
-        share = _job_concurrency(setup)
+        share = _job_concurrency()
         runs = [("job", setup.concurrency), *((f"job-c{c}", c) for c in setup.also)]
         for name, conc in runs + [("http", setup.concurrency or share[BASE])]:
             if name.split("-")[0] in setup.paths:
@@ -168,7 +168,7 @@ def _loads(deployment: str) -> int:
     return int(h.adapter_snapshot.remote().result(timeout_s=60).get("loads", 0))
 
 
-def _job_concurrency(setup: Setup) -> dict[str, int]:
+def _job_concurrency() -> dict[str, int]:
     """Per base, what the job keeps in flight by default (from the app's own capacity)."""
     from ray import serve
 
@@ -255,9 +255,9 @@ def _report(results: dict[str, dict], setup: Setup) -> None:
               f"{r['tok_per_s']:>9.1f} {r['wall_s']:>8.1f} {r.get('adapter_loads', '-'):>6}  "
               f"{note}")  # fmt: skip
 
-    def ratio(a: str, b: str, key: str = "req_per_s") -> str:
+    def ratio(a: str, b: str) -> str:
         ok = a in results and b in results and "error" not in results[a] | results[b]
-        return f"{results[a][key] / results[b][key]:.2f}x" if ok else "n/a"
+        return f"{results[a]['req_per_s'] / results[b]['req_per_s']:.2f}x" if ok else "n/a"
 
     print(f"job / http: {ratio('job', 'http')}   job / offline vLLM: {ratio('job', 'offline')}   "
           f"job / Ray Data: {ratio('job', 'raydata')}   images job / http: "
