@@ -27,8 +27,14 @@ if __name__ == "__main__":
     p.add_argument("--also", default="", help="the job again at these concurrencies, e.g. 16,32")
     p.add_argument("--images", type=int, default=d.images, help="image requests (0: none)")
     p.add_argument("--paths", default=",".join(d.paths), help="subset of job,http,offline,raydata")
+    p.add_argument(
+        "--max-ongoing", type=int, help="LLM replica's max_ongoing_requests (and vLLM max_num_seqs)"
+    )
     p.add_argument("--out", default="batch-results.json")
     a = p.parse_args()
     paths = tuple(a.paths.split(","))
     also = tuple(int(c) for c in a.also.split(",") if c)
-    main(Setup(a.n, a.adapters, a.max_tokens, a.concurrency, a.images, paths, also), a.out)
+    setup = Setup(
+        a.n, a.adapters, a.max_tokens, a.concurrency, a.images, paths, also, a.max_ongoing
+    )
+    main(setup, a.out)

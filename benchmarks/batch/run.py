@@ -36,6 +36,9 @@ class Setup:
     images: int = 48
     paths: tuple[str, ...] = ("job", "http", "offline", "raydata")
     also: tuple[int, ...] = ()  # the job again at these fixed concurrencies (e.g. the old 16)
+    # The LLM replica's max_ongoing_requests and vLLM max_num_seqs (None: the app's defaults,
+    # 64 and vLLM's 128); the job's default share follows the first.
+    max_ongoing: int | None = None
 
 
 def text_trace(setup: Setup, names: list[str]) -> list[dict]:
@@ -85,13 +88,16 @@ def main(setup: Setup, out: str) -> None:
 
 
 def _config(llm: dict, adapters: dict, img: dict | None, setup: Setup) -> dict:
+    seqs = {"max_num_seqs": setup.max_ongoing} if setup.max_ongoing else {}
+    ongoing = {"max_ongoing_requests": setup.max_ongoing} if setup.max_ongoing else {}
     cfg = {
         "sources": {"allowed_roots": [str(Path(llm["base"]).parents[1]), tempfile.gettempdir()]},
         "llm": [{
             "name": BASE, "model": llm["base"], "dtype": "float32", **ENGINE,
-            "engine_kwargs": {"enforce_eager": True},
+            "engine_kwargs": {"enforce_eager": True, **seqs},
             "adapters": [{"name": n, "source": p} for n, p in adapters.items()],
-            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": THREADS}},
+            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": THREADS},
+                           **ongoing},
         }],
     }  # fmt: skip
     if img:
