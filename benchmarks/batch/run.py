@@ -32,9 +32,13 @@ class Setup:
     n: int = 1000
     adapters: int = 20
     max_tokens: int = 128
-    concurrency: int = 16
+    concurrency: int | None = None  # None: the job's own default; HTTP at the job's figure
     images: int = 48
     paths: tuple[str, ...] = ("job", "http", "offline", "raydata")
+    also: tuple[int, ...] = ()  # the job again at these fixed concurrencies (e.g. the old 16)
+    # The LLM replica's max_ongoing_requests and vLLM max_num_seqs (None: the app's defaults,
+    # 64 and vLLM's 128); the job's default share follows the first.
+    max_ongoing: int | None = None
 
 
 def text_trace(setup: Setup, names: list[str]) -> list[dict]:
@@ -84,14 +88,16 @@ def main(setup: Setup, out: str) -> None:
 
 
 def _config(llm: dict, adapters: dict, img: dict | None, setup: Setup) -> dict:
+    seqs = {"max_num_seqs": setup.max_ongoing} if setup.max_ongoing else {}
+    ongoing = {"max_ongoing_requests": setup.max_ongoing} if setup.max_ongoing else {}
     cfg = {
         "sources": {"allowed_roots": [str(Path(llm["base"]).parents[1]), tempfile.gettempdir()]},
         "llm": [{
             "name": BASE, "model": llm["base"], "dtype": "float32", **ENGINE,
-            "engine_kwargs": {"enforce_eager": True},
+            "engine_kwargs": {"enforce_eager": True, **seqs},
             "adapters": [{"name": n, "source": p} for n, p in adapters.items()],
-            "deployment": {"num_replicas": 1, "max_ongoing_requests": 2 * setup.concurrency,
-                           "ray_actor_options": {"num_cpus": THREADS}},
+            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": THREADS},
+                           **ongoing},
         }],
     }  # fmt: skip
     if img:
@@ -99,8 +105,7 @@ def _config(llm: dict, adapters: dict, img: dict | None, setup: Setup) -> dict:
             "name": IMAGE, "model": img["base"], "max_adapters": 8, "max_size": 64,
             "default_size": 32, "default_steps": 2, "max_steps": 8,
             "adapters": [{"name": n, **a} for n, a in img["adapters"].items()],
-            "deployment": {"num_replicas": 1, "max_ongoing_requests": 2 * setup.concurrency,
-                           "ray_actor_options": {"num_cpus": 0.5}},
+            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}},
         }]  # fmt: skip
     return cfg
 
@@ -130,19 +135,32 @@ def _app_paths(setup, llm, adapters, img, work: Path, text: Path) -> dict[str, d
         httpx.post(f"{url}/v1/completions", json={"model": BASE, "prompt": "warm",
                    "max_tokens": 2}, timeout=600).raise_for_status()  # fmt: skip
         client = JobSubmissionClient(f"http://{ctx.dashboard_url}")
-        for path in ("job", "http"):
-            if path in setup.paths:
-                out[path] = _measure(path, client, url, text, work, setup, f"llm:{BASE}")
+        share = _job_concurrency()
+        runs = [("job", setup.concurrency), *((f"job-c{c}", c) for c in setup.also)]
+        for name, conc in runs + [("http", setup.concurrency or share[BASE])]:
+            if name.split("-")[0] in setup.paths:
+                out[name] = _measure(name, client, url, text, work, conc, f"llm:{BASE}")
+                out[name]["concurrency"] = conc or share[BASE]
         if img:
             names = sorted(img["adapters"])
             images = work / "images.jsonl"
             images.write_text(
                 "".join(json.dumps(x) + "\n" for x in image_trace(setup.images, names))
             )
+            # NOTE: every image adapter resident before either path (the working set holds them
+            # all), so neither pays the first loads for the other.
+            for n in names:
+                warm = {"model": f"{IMAGE}:{n}", "prompt": "warm", "size": "32x32"}
+                httpx.post(
+                    f"{url}/v1/images/generations", json=warm, timeout=600
+                ).raise_for_status()
+            conc = setup.concurrency or share[IMAGE]
             for path in ("job", "http"):
+                c = setup.concurrency if path == "job" else conc
                 out[f"images-{path}"] = _measure(
-                    path, client, url, images, work, setup, f"image:{IMAGE}"
+                    path, client, url, images, work, c, f"image:{IMAGE}"
                 )
+                out[f"images-{path}"]["concurrency"] = conc
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -156,16 +174,29 @@ def _loads(deployment: str) -> int:
     return int(h.adapter_snapshot.remote().result(timeout_s=60).get("loads", 0))
 
 
-def _measure(path, client, url, trace: Path, work: Path, setup: Setup, deployment: str) -> dict:
+def _job_concurrency() -> dict[str, int]:
+    """Per base, what the job keeps in flight by default (from the app's own capacity)."""
+    from ray import serve
+
+    from serve_app.jobs.batch import batch_share
+
+    cap = serve.get_app_handle("loraserve").capacity.remote().result(timeout_s=60)
+    return {b: batch_share(c["slots"]) for b, c in cap.items()}
+
+
+def _measure(
+    path: str, client, url: str, trace: Path, work: Path, conc: int | None, deployment: str
+) -> dict:
     from ray.job_submission import JobStatus
 
     loads = _loads(deployment)
     out = work / f"{trace.stem}-{path}-out.jsonl"
     t = time.perf_counter()
     extra: dict = {}
-    if path == "job":
-        entry = (f"python -m serve_app.jobs.batch --input {trace} --output {out} "
-                 f"--concurrency {setup.concurrency} --progress-s 30")  # fmt: skip
+    if path.startswith("job"):
+        flag = f" --concurrency {conc}" if conc else ""
+        entry = (f"python -m serve_app.jobs.batch --input {trace} --output {out}{flag} "
+                 "--progress-s 30")  # fmt: skip
         job = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(ROOT)})
         while not (status := client.get_job_status(job)).is_terminal():
             time.sleep(0.5)
@@ -175,7 +206,7 @@ def _measure(path, client, url, trace: Path, work: Path, setup: Setup, deploymen
         m = re.search(r"batch done: .*?, ([\d.]+)s, ([\d.]+) req/s", logs)
         extra = {"job_own_s": float(m.group(1))} if m else {}
     else:
-        asyncio.run(_naive(url, trace, out, setup.concurrency))
+        asyncio.run(_naive(url, trace, out, conc))
     wall = time.perf_counter() - t
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     ok = [r for r in rows if r["response"]["status_code"] == 200]
@@ -215,20 +246,31 @@ def _offline(which: str, trace: Path, spec: Path, work: Path) -> dict:
 
 def _report(results: dict[str, dict], setup: Setup) -> None:
     print(f"\n{setup.n} text requests over {setup.adapters} adapters, {setup.max_tokens} tokens "
-          f"each, concurrency {setup.concurrency}; {setup.images} image requests")  # fmt: skip
-    print(f"{'path':<14} {'req/s':>8} {'tok/s':>9} {'wall s':>8} {'loads':>6}  note")
+          f"each; {setup.images} image requests; one LLM replica")  # fmt: skip
+    print(f"{'path':<14} {'conc':>5} {'req/s':>8} {'tok/s':>9} {'wall s':>8} {'loads':>6}  note")
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:<14} {'-':>8} {'-':>9} {'-':>8} {'-':>6}  FAILED: {r['error'][:300]}")
+            print(f"{name:<14} {'-':>5} {'-':>8} {'-':>9} {'-':>8} {'-':>6}  "
+                  f"FAILED: {r['error'][:300]}")  # fmt: skip
             continue
         note = f"job's own time {r['job_own_s']:.1f}s" if "job_own_s" in r else ""
-        print(f"{name:<14} {r['req_per_s']:>8.2f} {r['tok_per_s']:>9.1f} {r['wall_s']:>8.1f} "
-              f"{r.get('adapter_loads', '-'):>6}  {note}")  # fmt: skip
-    ratio = lambda a, b: (  # noqa: E731
-        f"{results[a]['req_per_s'] / results[b]['req_per_s']:.2f}x"
-        if a in results and b in results and "error" not in results[a] | results[b]
-        else "n/a"
-    )
+        if "start_s" in r:
+            note = (f"incl. its engine start ({r['start_s']:.1f}s); without: "
+                    f"{r['steady_req_per_s']:.2f} req/s")  # fmt: skip
+        print(f"{name:<14} {r.get('concurrency', '-'):>5} {r['req_per_s']:>8.2f} "
+              f"{r['tok_per_s']:>9.1f} {r['wall_s']:>8.1f} {r.get('adapter_loads', '-'):>6}  "
+              f"{note}")  # fmt: skip
+
+    def ratio(a: str, b: str) -> str:
+        ok = a in results and b in results and "error" not in results[a] | results[b]
+        return f"{results[a]['req_per_s'] / results[b]['req_per_s']:.2f}x" if ok else "n/a"
+
     print(f"job / http: {ratio('job', 'http')}   job / offline vLLM: {ratio('job', 'offline')}   "
           f"job / Ray Data: {ratio('job', 'raydata')}   images job / http: "
           f"{ratio('images-job', 'images-http')}")  # fmt: skip
+    for c in setup.also:
+        print(f"job at concurrency {c} / offline vLLM: {ratio(f'job-c{c}', 'offline')}   "
+              f"job default / job at {c}: {ratio('job', f'job-c{c}')}")  # fmt: skip
+    if "steady_req_per_s" in results.get("raydata", {}) and "req_per_s" in results.get("job", {}):
+        steady = results["job"]["req_per_s"] / results["raydata"]["steady_req_per_s"]
+        print(f"job / Ray Data without its engine start: {steady:.2f}x")

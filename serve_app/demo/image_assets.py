@@ -23,7 +23,7 @@ def build_image_assets(root: Path) -> dict[str, Any]:
     Returns ``{"base": <pipeline dir>, "other_base": <dir>, "adapters": {name: {"source": dir,
     "weight_name": file}}, "wrong_base_adapter": {...}}``. A marker file makes repeated calls free.
     """
-    out = Path(root) / "image"
+    out = Path(root).resolve() / "image"  # absolute paths in the marker: usable from any cwd
     marker = out / _MARKER
     if marker.exists():
         return json.loads(marker.read_text())

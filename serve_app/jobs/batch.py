@@ -8,9 +8,11 @@ sets and the adapter-aware router with online traffic.
 Policy:
 - Lines are grouped by base and adapter (images: the adapter set) and sent group after group,
   so each adapter's requests arrive together and replicas swap adapters rarely.
-- Concurrency per base: ``--concurrency`` or half the base's slots (``max_ongoing_requests`` x
-  replicas, at least 1): the other half stays free for online traffic, which Serve queues
-  first-come-first-served with ours, so a batch never holds every slot.
+- Concurrency per base: ``--concurrency`` or ``batch_share(slots)``, three quarters of the base's
+  slots (``max_ongoing_requests`` x replicas): a quarter (at least one) stays free for online
+  traffic, which Serve queues first-come-first-served with ours, so a batch never holds every
+  slot. Measured (benchmarks/batch): a vLLM replica's throughput grows with the requests in
+  flight, because vLLM batches them all, so the share is as large as that rule allows.
 - Transient failures (a 5xx ``server_error`` or 503: a replica restarting, an actor dying, the
   ingress unreachable) are retried with exponential backoff, ``--retries`` times.
 - Each answer is appended to the output and flushed as it completes; a re-run with the same
@@ -55,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="Serve config to start the app from if absent")
     p.add_argument("--app", default="loraserve", help="Serve application name")
     p.add_argument(
-        "--concurrency", type=int, help="requests in flight per base (default: half its slots)"
+        "--concurrency",
+        type=int,
+        help="requests in flight per base (default: 3/4 of its slots, a quarter left for online)",
     )
     p.add_argument("--retries", type=int, default=4, help="retries of a transient failure")
     p.add_argument("--backoff-s", type=float, default=1.0, help="first retry delay (doubles)")
@@ -110,6 +114,12 @@ class Job:
                 body = save_images(body, req.custom_id, self.args.images_dir)
             self.write(result_line(req.line, req.custom_id, status, body))
             self.progress.finish(group, status, time.monotonic() - t0)
+
+
+def batch_share(slots: int) -> int:
+    """Requests a batch keeps in flight on a base with ``slots`` slots: all but a quarter (at
+    least one, when there are two or more), which online traffic keeps."""
+    return max(1, slots - max(1, slots // 4))
 
 
 def _transient(status: int, body: dict) -> bool:
@@ -182,7 +192,7 @@ async def run_batch(ingress: Any, args: argparse.Namespace) -> Progress:
         workers = []
         for base, queue in queues.items():
             slots = catalogue.get(base, {}).get("slots", 8)
-            n = args.concurrency or max(1, slots // 2)
+            n = args.concurrency or batch_share(slots)
             logger.info(
                 "base %s: %d requests, %d in flight (of %d slots)", base, len(queue), n, slots
             )

@@ -3,7 +3,7 @@
 import base64
 import json
 
-from serve_app.jobs.batch import _transient, group_of, plan
+from serve_app.jobs.batch import _transient, batch_share, group_of, plan
 from serve_app.jobs.batch_file import (
     BadLine,
     Request,
@@ -123,3 +123,9 @@ def test_progress_counts_and_summarises():
     assert (p.done, p.errors) == (3, 2)
     text = "\n".join(p.summary())
     assert "2 skipped" in text and "404: 1" in text and "3/3 100%" in p.line()
+
+
+def test_a_batch_leaves_a_quarter_of_the_slots_to_online_traffic():
+    assert [batch_share(s) for s in (1, 2, 4, 8, 64, 128)] == [1, 1, 3, 6, 48, 96]
+    for slots in range(2, 300):
+        assert slots - batch_share(slots) >= max(1, slots // 4)
