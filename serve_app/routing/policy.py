@@ -188,6 +188,15 @@ def with_placed(view: ReplicaView, adapters: set[str], evictable: Sequence[str])
     )
 
 
+def _free_slot(view: ReplicaView) -> bool:
+    """Whether ``view`` can take one more adapter without evicting. A replica that has not
+    reported its capacity yet (``slots`` 0: it just started, its first report is on its way) and
+    holds nothing counts as free: without that, every cold adapter would go to the replicas that
+    did report, evicting there, until its first report lands."""
+    held = len(view.resident | view.loading)
+    return held < view.slots if view.slots > 0 else held == 0
+
+
 def copies_wanted(share: float, replicas: int, hot_factor: float) -> float:
     """Replicas that should hold an adapter with this share of requests: step 2's rule (it is hot,
     and spills to one more replica, while fewer hold it). routing/demand.py warms by it too."""
@@ -315,7 +324,7 @@ class Fleet:
         self._ongoing[i] = view.ongoing
         self._loading_n[i] = len(view.loading)
         self._cap[i] = max(1, view.max_ongoing)
-        self._free_slot[i] = view.slots > 0 and len(view.resident | view.loading) < view.slots
+        self._free_slot[i] = _free_slot(view)
         self._set_victim(i)
 
     def place(self, replica_id: str, adapters: Iterable[str]) -> None:
@@ -354,9 +363,7 @@ class Fleet:
         self._ongoing = np.array([float(v.ongoing) for v in views])
         self._cap = np.array([float(max(1, v.max_ongoing)) for v in views])
         self._loading_n = np.array([float(len(v.loading)) for v in views])
-        self._free_slot = np.array(
-            [v.slots > 0 and len(v.resident | v.loading) < v.slots for v in views], dtype=bool
-        )
+        self._free_slot = np.array([_free_slot(v) for v in views], dtype=bool)
         # Fixed random tie-break (seeded by the ids, so every router agrees).
         self._tiebreak = (self._seeds >> np.uint64(11)).astype(np.float64) / float(1 << 53) * 1e-6
         self._sent = np.array([sent.get(v.id, mean) for v in views])

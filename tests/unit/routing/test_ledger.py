@@ -95,3 +95,24 @@ def test_records_never_closed_are_dropped_with_their_counts(monkeypatch):
     monkeypatch.setattr(ledger_mod.time, "monotonic", lambda: t)
     led.expire()
     assert len(led) == 0 and led.fleet.in_use("r0") == set()
+
+
+def test_a_replica_that_has_not_reported_yet_gets_cold_adapters_too():
+    # A replica just started: Serve lists it before its first routing stats land. Cold adapters
+    # must not all go to the replica that did report (it would evict its own to take them).
+    for newcomer in ("a-new", "z-new"):  # either side of the rendezvous tie-break
+        led = Ledger()
+        held = {"old": [], newcomer: []}
+        led.report("old", stats(1), (), 4)
+        led.report(newcomer, None, (), 4)
+        for n, adapter in enumerate(["poet", "chef", "pirate", "sql"]):
+            rid = led.decide(f"q{n}", adapter, 0.0).ids[0]
+            led.routing_started(f"q{n}", adapter)
+            led.routed(f"q{n}", rid)
+            held[rid] = (held[rid] + [adapter])[-2:]
+            led.completed(f"q{n}", rid)
+            # the replica that loaded it reports (its pool's events push a report)
+            victims = [(a, float(t)) for t, a in enumerate(held[rid])]
+            led.report(rid, stats(n + 2, held[rid], victims=victims), held[rid], 4)
+        assert held[newcomer], held
+        assert sum(len(h) for h in held.values()) == 4, held  # nothing evicted
