@@ -1,7 +1,8 @@
 """Tiny, offline image assets for the demo and the tests: a Stable Diffusion pipeline small enough
 to make a 32x32 image in ~0.1 s on a CPU, and LoRAs for it in the formats users bring (Diffusers /
-PEFT files, a Kohya/A1111 file, a multi-file source) plus one LoRA made for a different base.
-Everything is built from fixed seeds, so two builds give the same bytes.
+PEFT files, a Kohya/A1111 file, a multi-file source), each trained to a look a person sees (a
+colour cast; serve_app.demo.image_styles), plus one random LoRA made for a different base.
+Everything is built from fixed seeds, so two builds on one machine give the same bytes.
 """
 
 import json
