@@ -16,6 +16,8 @@ PACK = {"pixel": "pixel.safetensors", "sketch": "sketch.safetensors"}  # one dir
 WRONG_BASE_ADAPTER = "otherbase"
 _MARKER = ".complete.json"
 _STRENGTH = 4.0
+# Besides attention: the layers through which a LoRA can shift a whole image's colour
+_STYLE_TARGETS = ("proj_in", "proj_out", "time_emb_proj", "conv_out")
 # Kohya/A1111 file's modules (kohya-ss names UNet attention and projections, text encoder attention)
 _KOHYA_UNET = (
     "attn1.to_q",
@@ -26,8 +28,6 @@ _KOHYA_UNET = (
     "proj_out",
     "time_emb_proj",
 )
-# Besides attention: the layers through which a LoRA can shift a whole image's colour
-_STYLE_TARGETS = ("proj_in", "proj_out", "time_emb_proj", "conv_out")
 _KOHYA_TE = ("self_attn.q_proj", "self_attn.out_proj")
 # A random 4-channel decoder with its last conv at init scale keeps every image near mid-grey: no
 # latent, so no LoRA, could give it a colour cast. With 16 channels and that conv drawn 4x larger
