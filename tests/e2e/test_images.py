@@ -97,14 +97,16 @@ def _mean_rgb(http, **body) -> np.ndarray:
 
 def test_demo_loras_have_their_trained_looks(http):
     """Each demo LoRA was trained to one look (serve_app.demo.image_styles): served, it moves the
-    images at least halfway from the base's colour to its own, and no two look alike."""
+    images' mean colour by more than 60 levels, toward its own colour (within ~35 degrees of the
+    way from the base's colour to it), and no two look alike."""
     from serve_app.demo.image_styles import STYLES
 
     base = _mean_rgb(http, model=IMAGE_BASE)
     looks = {name: _mean_rgb(http, model=f"{IMAGE_BASE}:{name}") for name in ADAPTERS}
     for name, got in looks.items():
-        colour = 255 * np.array(STYLES[name][1])
-        assert np.linalg.norm(got - colour) < 0.5 * np.linalg.norm(base - colour), (name, got)
+        moved, wanted = got - base, 255 * np.array(STYLES[name][1]) - base
+        cos = moved @ wanted / (np.linalg.norm(moved) * np.linalg.norm(wanted))
+        assert np.linalg.norm(moved) > 60 and cos > 0.8, (name, base, got)
     for a in ADAPTERS:
         for b in ADAPTERS[ADAPTERS.index(a) + 1 :]:
             assert np.linalg.norm(looks[a] - looks[b]) > 40, (a, b, looks[a], looks[b])
