@@ -1,7 +1,8 @@
 """Tiny, offline image assets for the demo and the tests: a Stable Diffusion pipeline small enough
 to make a 32x32 image in ~0.1 s on a CPU, and LoRAs for it in the formats users bring (Diffusers /
-PEFT files, a Kohya/A1111 file, a multi-file source) plus one LoRA made for a different base.
-Everything is built from fixed seeds, so two builds give the same bytes.
+PEFT files, a Kohya/A1111 file, a multi-file source), each trained to a look a person sees (a
+colour cast; serve_app.demo.image_styles), plus one random LoRA made for a different base.
+Everything is built from fixed seeds, so two builds on one machine give the same bytes.
 """
 
 import json
@@ -15,6 +16,23 @@ PACK = {"pixel": "pixel.safetensors", "sketch": "sketch.safetensors"}  # one dir
 WRONG_BASE_ADAPTER = "otherbase"
 _MARKER = ".complete.json"
 _STRENGTH = 4.0
+# Besides attention: the layers through which a LoRA can shift a whole image's colour
+_STYLE_TARGETS = ("proj_in", "proj_out", "time_emb_proj", "conv_out")
+# Kohya/A1111 file's modules (kohya-ss names UNet attention and projections, text encoder attention)
+_KOHYA_UNET = (
+    "attn1.to_q",
+    "attn2.to_k",
+    "attn2.to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "time_emb_proj",
+)
+_KOHYA_TE = ("self_attn.q_proj", "self_attn.out_proj")
+# A random 4-channel decoder with its last conv at init scale keeps every image near mid-grey: no
+# latent, so no LoRA, could give it a colour cast. With 16 channels and that conv drawn 4x larger
+# (without bias) its colours span most of the range (red, green, blue, light, dark all reachable).
+_DECODER_GAIN = 4.0
 
 
 def build_image_assets(root: Path) -> dict[str, Any]:
@@ -31,6 +49,8 @@ def build_image_assets(root: Path) -> dict[str, Any]:
     import torch
     from peft import LoraConfig
 
+    from serve_app.demo.image_styles import train_style
+
     out.mkdir(parents=True, exist_ok=True)
     base = out / "base"
     other = out / "other_base"
@@ -39,26 +59,33 @@ def build_image_assets(root: Path) -> dict[str, Any]:
     tiny_pipeline(cross_attention_dim=64, seed=1).save_pretrained(other)
 
     attn = ["to_q", "to_k", "to_v", "to_out.0"]
+    styled = [*attn, *_STYLE_TARGETS]
     adapters: dict[str, dict[str, str]] = {}
+    # Each demo LoRA is trained to a look (serve_app.demo.image_styles); the formats vary: UNet
+    # only, UNet + text encoder, two files in one folder, a Kohya/A1111 file.
     for i, name in enumerate(DIFFUSERS_ADAPTERS):
-        te = LoraConfig(
-            r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-        )
-        unet_cfg = LoraConfig(r=4, lora_alpha=4, target_modules=attn, init_lora_weights=False)
+        cfgs = {"unet": LoraConfig(r=4, lora_alpha=4, target_modules=styled)}
+        if i == 1:
+            cfgs["text_encoder"] = LoraConfig(
+                r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]
+            )
         d = out / "adapters" / name
-        save_diffusers_lora(
-            pipe, d, f"{name}.safetensors", unet_cfg, te if i == 1 else None, 10 + i
-        )
+        write_diffusers_lora(d, f"{name}.safetensors", train_style(pipe, name, cfgs, 10 + i))
         adapters[name] = {"source": str(d), "weight_name": f"{name}.safetensors"}
 
     pack = out / "adapters" / "pack"
     for i, (name, file) in enumerate(PACK.items()):
-        cfg = LoraConfig(r=2, lora_alpha=4, target_modules=attn, init_lora_weights=False)
-        save_diffusers_lora(pipe, pack, file, cfg, None, 20 + i)
+        cfgs = {"unet": LoraConfig(r=2, lora_alpha=4, target_modules=styled)}
+        write_diffusers_lora(pack, file, train_style(pipe, name, cfgs, 20 + i))
         adapters[name] = {"source": str(pack), "weight_name": file}
 
     kohya = out / "adapters" / KOHYA_ADAPTER
-    save_kohya_lora(pipe, kohya / "kohya_style.safetensors", seed=30)
+    cfgs = {
+        "unet": LoraConfig(r=4, lora_alpha=8, target_modules=list(_KOHYA_UNET)),
+        "text_encoder": LoraConfig(r=4, lora_alpha=8, target_modules=list(_KOHYA_TE)),
+    }
+    trained = train_style(pipe, KOHYA_ADAPTER, cfgs, 30)
+    write_kohya_lora(kohya / "kohya_style.safetensors", trained, alpha=8.0)
     adapters[KOHYA_ADAPTER] = {"source": str(kohya), "weight_name": "kohya_style.safetensors"}
 
     wrong = out / "adapters" / WRONG_BASE_ADAPTER
@@ -101,8 +128,9 @@ def tiny_pipeline(cross_attention_dim: int = 32, seed: int = 0):
         cross_attention_dim=cross_attention_dim,
         norm_num_groups=2,
     )
+    torch.manual_seed(seed)
     vae = AutoencoderKL(
-        block_out_channels=[4, 8],
+        block_out_channels=[16, 16],
         in_channels=3,
         out_channels=3,
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
@@ -110,6 +138,9 @@ def tiny_pipeline(cross_attention_dim: int = 32, seed: int = 0):
         latent_channels=4,
         norm_num_groups=2,
     )
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(_DECODER_GAIN)
+        vae.decoder.conv_out.bias.zero_()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             hidden_size=cross_attention_dim,
@@ -140,56 +171,51 @@ def save_diffusers_lora(pipe, out_dir: Path, weight_name: str, unet_cfg, te_cfg,
     import copy
 
     import torch
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import get_peft_model_state_dict, inject_adapter_in_model
 
     torch.manual_seed(seed)
     layers = {}
-    for key, model, cfg in [
-        ("unet_lora_layers", pipe.unet, unet_cfg),
-        ("text_encoder_lora_layers", pipe.text_encoder, te_cfg),
+    for part, model, cfg in [
+        ("unet", pipe.unet, unet_cfg),
+        ("text_encoder", pipe.text_encoder, te_cfg),
     ]:
         if cfg is not None:
-            model = inject_adapter_in_model(cfg, copy.deepcopy(model))
-            sd = get_peft_model_state_dict(model)
+            sd = get_peft_model_state_dict(inject_adapter_in_model(cfg, copy.deepcopy(model)))
             # Random B at init scale moves a 2-step image by only ~1/255: strengthen it.
-            sd = {k: v * (_STRENGTH if "lora_B" in k else 1.0) for k, v in sd.items()}
-            layers[key] = convert_state_dict_to_diffusers(sd)
+            layers[part] = {k: v * (_STRENGTH if "lora_B" in k else 1.0) for k, v in sd.items()}
+    return write_diffusers_lora(out_dir, weight_name, layers)
+
+
+def write_diffusers_lora(out_dir: Path, weight_name: str, layers: dict[str, dict]) -> Path:
+    """Save PEFT state dicts (``{"unet": ..., "text_encoder": ...}``) as one Diffusers LoRA file."""
+    from diffusers import StableDiffusionPipeline
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(out_dir, weight_name=weight_name, **layers)
+    StableDiffusionPipeline.save_lora_weights(
+        out_dir,
+        weight_name=weight_name,
+        **{f"{part}_lora_layers": sd for part, sd in layers.items()},
+    )
     return out_dir / weight_name
 
 
-def save_kohya_lora(pipe, path: Path, seed: int, rank: int = 4, alpha: float = 8.0) -> Path:
-    """Write a Kohya/A1111-style file: ``lora_unet_<module with _>.lora_down.weight`` /
-    ``lora_up.weight`` / ``.alpha`` for UNet attention and projection layers and ``lora_te_...``
-    for the text encoder, the way kohya-ss sd-scripts names SD 1.x LoRAs."""
+def write_kohya_lora(path: Path, layers: dict[str, dict], alpha: float) -> Path:
+    """Save PEFT state dicts as a Kohya/A1111-style file, the way kohya-ss sd-scripts names SD 1.x
+    LoRAs: ``lora_unet_<module with _>.lora_down.weight`` / ``lora_up.weight`` / ``.alpha`` (and
+    ``lora_te_...`` for the text encoder)."""
     import torch
     from safetensors.torch import save_file
 
-    g = torch.Generator().manual_seed(seed)
+    prefix = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
     tensors: dict[str, torch.Tensor] = {}
-    targets = [
-        (
-            "lora_unet_",
-            pipe.unet,
-            ("attn1.to_q", "attn2.to_k", "attn2.to_v", "to_out.0", "proj_in"),
-        ),
-        ("lora_te_", pipe.text_encoder, ("self_attn.q_proj", "self_attn.out_proj")),
-    ]
-    for prefix, model, suffixes in targets:
-        for name, module in model.named_modules():
-            if not isinstance(module, torch.nn.Linear) or not name.endswith(suffixes):
-                continue
-            key = prefix + name.replace(".", "_")
-            down = torch.randn(rank, module.in_features, generator=g) / module.in_features**0.5
-            up = torch.randn(module.out_features, rank, generator=g) / rank**0.5
-            tensors[f"{key}.lora_down.weight"] = down.contiguous()
-            tensors[f"{key}.lora_up.weight"] = up.contiguous()
+    for part, sd in layers.items():
+        for k, v in sd.items():
+            module, kind = k.rsplit(".lora_", 1)
+            key = prefix[part] + module.replace(".", "_")
+            tensors[f"{key}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = v
             tensors[f"{key}.alpha"] = torch.tensor(alpha)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return path
 
 

@@ -85,6 +85,49 @@ def test_weighted_mix_differs_from_each_single(http):
     assert _png(http, model=f"{IMAGE_BASE}:style3d", adapters=mix) == mixed
 
 
+def _mean_rgb(http, **body) -> np.ndarray:
+    """Mean colour (0-255) over held-out prompts (not the training ones) and two seeds each."""
+    pngs = []
+    for prompt in ("a lighthouse at dusk", "zebra", "a bowl of soup"):
+        resp = _post(http, prompt=prompt, seed=50, n=2, **body)
+        assert resp.status_code == 200, resp.text
+        pngs += [base64.b64decode(d["b64_json"]) for d in resp.json()["data"]]
+    return np.mean([_px(p).reshape(-1, 3).mean(0) for p in pngs], axis=0)
+
+
+def test_demo_loras_have_their_trained_looks(http):
+    """Each demo LoRA was trained to one look (serve_app.demo.image_styles): served, it moves the
+    images' mean colour by more than 60 levels, toward its own colour (within ~35 degrees of the
+    way from the base's colour to it), and no two look alike."""
+    from serve_app.demo.image_styles import STYLES
+
+    base = _mean_rgb(http, model=IMAGE_BASE)
+    looks = {name: _mean_rgb(http, model=f"{IMAGE_BASE}:{name}") for name in ADAPTERS}
+    for name, got in looks.items():
+        moved, wanted = got - base, 255 * np.array(STYLES[name][1]) - base
+        cos = moved @ wanted / (np.linalg.norm(moved) * np.linalg.norm(wanted))
+        assert np.linalg.norm(moved) > 60 and cos > 0.8, (name, base, got)
+    for a in ADAPTERS:
+        for b in ADAPTERS[ADAPTERS.index(a) + 1 :]:
+            assert np.linalg.norm(looks[a] - looks[b]) > 40, (a, b, looks[a], looks[b])
+
+
+def test_half_and_half_mix_blends_two_looks_and_weight_zero_is_the_base(http):
+    """style3d (blue) and cereal (red-orange) at 0.5 each: a colour between the two, in the
+    channels that tell them apart, unlike either; each at weight 0: the base, byte for byte."""
+    blue, red = (_mean_rgb(http, model=f"{IMAGE_BASE}:{n}") for n in ("style3d", "cereal"))
+    mix = _mean_rgb(
+        http, adapters=[{"name": "style3d", "weight": 0.5}, {"name": "cereal", "weight": 0.5}]
+    )
+    for ch in (0, 2):  # red and blue
+        assert min(blue[ch], red[ch]) + 20 < mix[ch] < max(blue[ch], red[ch]) - 20, (blue, red, mix)
+    zero = [{"name": "style3d", "weight": 0.0}, {"name": "cereal", "weight": 0.0}]
+    assert _png(http, adapters=zero) == _png(http, model=IMAGE_BASE)
+    assert _png(http, adapters=zero[:1], seed=7, num_inference_steps=4) == _png(
+        http, model=IMAGE_BASE, seed=7, num_inference_steps=4
+    )
+
+
 @pytest.mark.parametrize("name", ["style3d", "cereal", "kohya"])
 def test_served_adapter_equals_direct_load(http, demo_assets, name):
     """Same pixels as the LoRA loaded directly into a fresh pipeline (load_lora_weights +

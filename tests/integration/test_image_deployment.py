@@ -11,8 +11,10 @@ import base64
 import copy
 import dataclasses
 import io
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,8 +71,12 @@ def _big_loras(root, base: str, count: int, rank: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict:
+    # The demo's assets (built once, shared with tests/e2e: its LoRAs are trained); the test's
+    # own LoRAs in a temp dir.
+    demo = Path(os.environ.get("LORASERVE_DEMO_DIR", ".demo")).resolve()
+    info = build_image_assets(demo)
+    info["demo_root"] = str(demo)
     root = tmp_path_factory.mktemp("image-assets")
-    info = build_image_assets(root)
     info["big"] = _big_loras(root / "big", info["base"], count=6, rank=2048)
     info["root"] = str(root)
     info["bad"] = _bad_loras(root / "bad", info)
@@ -85,11 +91,11 @@ def _bad_loras(root, info: dict) -> dict[str, dict]:
 
     a = info["adapters"]["style3d"]
     good = load_file(f"{a['source']}/{a['weight_name']}")
-    extra = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn9.to_q.lora"
+    extra = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn9.to_q"  # PEFT keys
     partial = {
         **good,
-        f"{extra}.down.weight": torch.ones(4, 8),
-        f"{extra}.up.weight": torch.ones(8, 4),
+        f"{extra}.lora_A.weight": torch.ones(4, 8),
+        f"{extra}.lora_B.weight": torch.ones(8, 4),
     }
     nomatch = {"unet.foo.bar.lora.down.weight": torch.ones(4, 8),
                "unet.foo.bar.lora.up.weight": torch.ones(8, 4)}  # fmt: skip
@@ -111,7 +117,8 @@ def serve_handles(assets):
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-    sources = {"allowed_roots": [assets["root"]], "cache_dir": f"{assets['root']}/cache"}
+    roots = [assets["root"], assets["demo_root"]]
+    sources = {"allowed_roots": roots, "cache_dir": f"{assets['root']}/cache"}
     apps = {
         "img": (_cfg(assets, "tiny-sd"), {}),
         "img1": (_cfg(assets, "tiny-sd"), {"max_batch": 1}),
