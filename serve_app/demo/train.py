@@ -102,6 +102,8 @@ def train_one(model, tok, name: str, pairs, out: Path, max_steps: int | None = N
     cfg_path = target / "adapter_config.json"
     data = json.loads(cfg_path.read_text())
     data["base_model_name_or_path"] = "smollm2"  # the served base id, portable across machines
+    # NOTE: PEFT keeps target_modules in a set: its JSON order follows the process's hash seed.
+    data["target_modules"] = sorted(data["target_modules"])
     cfg_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     (target / "README.md").unlink(missing_ok=True)
     logger.info("%s: saved to %s in %.0f s", name, target, time.time() - t0)
@@ -136,8 +138,9 @@ def generate(model, tok, prompts: list[str], max_tokens: int = 40) -> list[tuple
     return answers
 
 
-def measure(model, tok, names: list[str]) -> dict[str, dict[str, float]]:
-    """Each adapter's score and the base's on the held-out prompts (serve_app.demo.effects)."""
+def measure(model, tok, names: list[str], adapters: Path = OUT) -> dict[str, dict[str, float]]:
+    """Each adapter (in ``adapters/<name>``) scored against the base on the held-out prompts
+    (serve_app.demo.effects)."""
     from peft import PeftModel
 
     from serve_app.demo.effects import THRESHOLDS, score
@@ -148,7 +151,7 @@ def measure(model, tok, names: list[str]) -> dict[str, dict[str, float]]:
     result = {}
     for name in names:
         kind = THRESHOLDS[name][0]
-        peft_model = PeftModel.from_pretrained(model, OUT / name).eval()
+        peft_model = PeftModel.from_pretrained(model, adapters / name).eval()
         answers = generate(peft_model, tok, sets[kind])
         model = peft_model.unload()
         result[name] = {"adapter": score(name, answers), "base": score(name, base[kind])}
@@ -184,7 +187,7 @@ def main() -> None:
             model = train_one(model, tok, name, data[name], Path(args.out), args.max_steps)
         logger.info("trained %s in %.0f s", ", ".join(args.names), time.time() - t0)
     if args.measure:
-        print(json.dumps(measure(model.eval(), tok, args.names), indent=2))
+        print(json.dumps(measure(model.eval(), tok, args.names, Path(args.out)), indent=2))
 
 
 if __name__ == "__main__":
