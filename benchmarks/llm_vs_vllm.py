@@ -6,6 +6,11 @@ engine settings and fixed traces, one after the other, over HTTP with the same c
 Traces: "long" (128 generated tokens: engine time dominates, as in real deployments) and "short"
 (8 tokens: exposes per-request overhead). Each request names the base or one of the demo adapters
 (fixed seeded mix). Prints throughput, p50/p99 latency and ours/vLLM ratios; writes JSON.
+
+Where the time goes: CPU time per request of every process in each server's tree (HTTP proxy,
+ingress, model replica, vLLM's engine core, Ray's own daemons), from /proc, over each replay. On a
+machine this small every process competes for the same cores, so CPU per request is what decides
+throughput.
 """
 
 import argparse
@@ -21,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from benchmarks.text_model import MODELS, out_path, text_assets
 
@@ -79,6 +85,52 @@ async def replay(url: str, reqs: list[dict], concurrency: int, name_of) -> dict:
         "p50_s": pick(0.5),
         "p99_s": pick(0.99),
     }
+
+
+def _label(proc: psutil.Process) -> str:
+    """A process's role: Ray's and vLLM's process titles (``ray::ServeReplica:app:Ingress``,
+    ``VLLM::EngineCore``), else the program name."""
+    try:
+        cmd = proc.cmdline()
+    except psutil.Error:
+        return "?"
+    title = cmd[0] if cmd else proc.name()
+    if "-m" in cmd[:3]:  # python -m module: the module
+        return cmd[cmd.index("-m") + 1]
+    if "::" in title:
+        return title.split()[0]
+    for arg in cmd[:3]:
+        name = Path(arg).name
+        if arg.startswith("-") or name in ("python", "python3") or name.startswith("python3."):
+            continue
+        return name
+    return proc.name()
+
+
+def cpu_tree(root: int) -> dict[int, tuple[str, float]]:
+    """{pid: (role, CPU seconds so far)} for ``root`` and all its descendants."""
+    out = {}
+    try:
+        top = psutil.Process(root)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return out
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            out[proc.pid] = (_label(proc), t.user + t.system)
+        except psutil.Error:
+            continue
+    return out
+
+
+def cpu_per_request(before: dict, after: dict, n: int) -> dict[str, float]:
+    """CPU ms per request by role between two ``cpu_tree`` snapshots, largest first."""
+    by: dict[str, float] = {}
+    for pid, (label, t) in after.items():
+        by[label] = by.get(label, 0.0) + t - before.get(pid, (label, 0.0))[1]
+    ms = {k: 1000 * v / n for k, v in by.items() if v > 0}
+    return dict(sorted(ms.items(), key=lambda kv: -kv[1]))
 
 
 def _port() -> int:
@@ -243,7 +295,11 @@ def main() -> None:
         for rnd in range(args.rounds):
             for tname, reqs in traces.items():
                 for system, (_, name_of) in systems.items():
+                    before = cpu_tree(procs[system].pid)
                     res = asyncio.run(replay(urls[system], reqs, args.concurrency, name_of))
+                    res["cpu_ms_per_request"] = cpu_per_request(
+                        before, cpu_tree(procs[system].pid), len(reqs)
+                    )
                     results.setdefault(tname, {}).setdefault(system, []).append(res)
                     print(
                         f"round {rnd + 1} {tname:5s} {system:10s} {res['req_per_s']:6.2f} req/s "
@@ -268,6 +324,12 @@ def main() -> None:
             f"  {tname:5s} throughput {ratios['tok_per_s']:.2f}x  "
             f"p50 {ratios['p50_s']:.2f}x  p99 {ratios['p99_s']:.2f}x"
         )
+    print("\nCPU ms per request by process, last round (warm-up requests included):")
+    for tname, r in results.items():
+        for system, runs in r.items():
+            cpu = runs[-1]["cpu_ms_per_request"]
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if v >= 0.05)
+            print(f"  {tname:5s} {system:10s} total {sum(cpu.values()):5.1f}: {parts}")
     Path(args.out).write_text(json.dumps(results, indent=2))
 
 
