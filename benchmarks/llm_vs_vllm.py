@@ -2,6 +2,11 @@
 engine settings and fixed traces, one after the other, over HTTP with the same client.
 
     .venv/bin/python -m benchmarks.llm_vs_vllm [--requests 48] [--concurrency 8]
+        [--setups defaults,equal] [--traces long,short] [--model tiny|smollm2]
+
+Setups: "defaults" (each server as its users run it) and "equal" (one engine thread each).
+Ray Serve settings come from the environment (the servers inherit it): run once plain and once
+with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 to compare that mode.
 
 Traces: "long" (128 generated tokens: engine time dominates, as in real deployments) and "short"
 (8 tokens: exposes per-request overhead). Each request names the base or one of the demo adapters
@@ -161,13 +166,15 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-# Both engines get the same CPU threads (Ray sets OMP_NUM_THREADS from a replica's num_cpus;
-# plain vLLM would use every core, which on a shared 2-core machine makes them spin-wait).
+# Setups: "defaults" runs each server as its users would (plain vLLM: OMP threads on every core;
+# this app: the config's default replica resources, where Ray sets OMP_NUM_THREADS=1), "equal"
+# gives both engines one CPU thread (on a shared 2-core machine more makes them spin-wait).
+SETUPS = ("defaults", "equal")
 THREADS = 1
 ENGINE = {"max_loras": 4, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512}
 
 
-def start_vllm(assets: dict, port: int, log) -> subprocess.Popen:
+def start_vllm(assets: dict, port: int, log, setup: str) -> subprocess.Popen:
     mods = [f"{n}={p}" for n, p in assets["adapters"].items()]
     cmd = [
         sys.executable,
@@ -198,12 +205,23 @@ def start_vllm(assets: dict, port: int, log) -> subprocess.Popen:
         "--lora-modules",
         *mods,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if setup == "equal":
+        env["OMP_NUM_THREADS"] = str(THREADS)
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def start_app(assets: dict, port: int, log, cfg_path: Path, router: str) -> subprocess.Popen:
+def start_app(
+    assets: dict, port: int, log, cfg_path: Path, router: str, setup: str
+) -> subprocess.Popen:
     import yaml
+
+    resources = {
+        "ray_actor_options": {
+            "num_cpus": THREADS,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(THREADS)}},
+        }
+    }
 
     cfg = {
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -227,10 +245,7 @@ def start_app(assets: dict, port: int, log, cfg_path: Path, router: str) -> subp
                             "deployment": {
                                 "num_replicas": 1,
                                 "router": router,
-                                "ray_actor_options": {
-                                    "num_cpus": THREADS,
-                                    "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(THREADS)}},
-                                },
+                                **(resources if setup == "equal" else {}),
                             },
                         }
                     ],
@@ -243,6 +258,55 @@ def start_app(assets: dict, port: int, log, cfg_path: Path, router: str) -> subp
     return subprocess.Popen([serve, "run", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT)
 
 
+def run_setup(setup: str, assets: dict, traces: dict, args, out_dir: Path) -> dict:
+    """Both servers in ``setup``, side by side (idle when not measured); the traces alternate
+    between them, round after round, so background noise on a shared machine hits both alike.
+    NOTE: one setup at a time: a second ``serve run`` would join the first one's Ray cluster."""
+    systems = {
+        "loraserve": (
+            lambda port, log: start_app(
+                assets, port, log, out_dir / "bench_app.yaml", args.router, setup
+            ),
+            lambda a: BASE if a is None else f"{BASE}:{a}",
+        ),
+        "vllm serve": (
+            lambda port, log: start_vllm(assets, port, log, setup),
+            lambda a: BASE if a is None else a,
+        ),
+    }
+    results: dict = {}
+    procs, logs, urls = {}, [], {}
+    try:
+        for system, (start, _) in systems.items():
+            port = _port()
+            log = open(out_dir / f"{system.replace(' ', '_')}-{setup}.log", "w")  # noqa: SIM115
+            logs.append(log)
+            procs[system] = start(port, log)
+            urls[system] = f"http://127.0.0.1:{port}"
+            _wait(urls[system], procs[system])
+        for rnd in range(args.rounds):
+            for tname, reqs in traces.items():
+                for system, (_, name_of) in systems.items():
+                    before = cpu_tree(procs[system].pid)
+                    res = asyncio.run(replay(urls[system], reqs, args.concurrency, name_of))
+                    res["cpu_ms_per_request"] = cpu_per_request(
+                        before, cpu_tree(procs[system].pid), len(reqs)
+                    )
+                    results.setdefault(tname, {}).setdefault(system, []).append(res)
+                    print(
+                        f"[{setup}] round {rnd + 1} {tname:5s} {system:10s} "
+                        f"{res['req_per_s']:6.2f} req/s {res['tok_per_s']:7.1f} tok/s "
+                        f"p50 {res['p50_s'] * 1000:7.0f} ms p99 {res['p99_s'] * 1000:7.0f} ms",
+                        flush=True,
+                    )
+    finally:
+        for proc in procs.values():
+            _stop(proc)
+        for log in logs:
+            log.close()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -251,6 +315,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--traces", default="long,short", help="comma-separated subset")
+    parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated subset")
     parser.add_argument("--router", default="adapter_aware", choices=["adapter_aware", "builtin"])
     parser.add_argument("--out", default="results/llm_vs_vllm.json")
     parser.add_argument(
@@ -271,65 +336,27 @@ def main() -> None:
     out_dir = Path(args.out).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {}
-    systems = {
-        "loraserve": (
-            lambda port, log: start_app(assets, port, log, out_dir / "bench_app.yaml", args.router),
-            lambda a: BASE if a is None else f"{BASE}:{a}",
-        ),
-        "vllm serve": (
-            lambda port, log: start_vllm(assets, port, log),
-            lambda a: BASE if a is None else a,
-        ),
-    }
-    # Both servers run side by side (idle when not measured) and the traces alternate between
-    # them, round after round, so background noise on a shared machine hits both alike.
-    procs, logs, urls = {}, [], {}
-    try:
-        for system, (start, _) in systems.items():
-            port = _port()
-            log = open(out_dir / f"{system.replace(' ', '_')}.log", "w")  # noqa: SIM115
-            logs.append(log)
-            procs[system] = start(port, log)
-            urls[system] = f"http://127.0.0.1:{port}"
-            _wait(urls[system], procs[system])
-        for rnd in range(args.rounds):
-            for tname, reqs in traces.items():
-                for system, (_, name_of) in systems.items():
-                    before = cpu_tree(procs[system].pid)
-                    res = asyncio.run(replay(urls[system], reqs, args.concurrency, name_of))
-                    res["cpu_ms_per_request"] = cpu_per_request(
-                        before, cpu_tree(procs[system].pid), len(reqs)
-                    )
-                    results.setdefault(tname, {}).setdefault(system, []).append(res)
-                    print(
-                        f"round {rnd + 1} {tname:5s} {system:10s} {res['req_per_s']:6.2f} req/s "
-                        f"{res['tok_per_s']:7.1f} tok/s p50 {res['p50_s'] * 1000:7.0f} ms "
-                        f"p99 {res['p99_s'] * 1000:7.0f} ms",
-                        flush=True,
-                    )
-    finally:
-        for proc in procs.values():
-            _stop(proc)
-        for log in logs:
-            log.close()
-    print("\nratios (loraserve / vllm serve), median over rounds:")
-    for tname, r in results.items():
-        ratios = {
-            key: statistics.median(
-                x[key] / y[key] for x, y in zip(r["loraserve"], r["vllm serve"], strict=True)
+    for setup in args.setups.split(","):
+        results[setup] = run_setup(setup, assets, traces, args, out_dir)
+    for setup, res in results.items():
+        print(f"\n[{setup}] ratios (loraserve / vllm serve), median over rounds:")
+        for tname, r in res.items():
+            ratios = {
+                key: statistics.median(
+                    x[key] / y[key] for x, y in zip(r["loraserve"], r["vllm serve"], strict=True)
+                )
+                for key in ("tok_per_s", "p50_s", "p99_s")
+            }
+            print(
+                f"  {tname:5s} throughput {ratios['tok_per_s']:.2f}x  "
+                f"p50 {ratios['p50_s']:.2f}x  p99 {ratios['p99_s']:.2f}x"
             )
-            for key in ("tok_per_s", "p50_s", "p99_s")
-        }
-        print(
-            f"  {tname:5s} throughput {ratios['tok_per_s']:.2f}x  "
-            f"p50 {ratios['p50_s']:.2f}x  p99 {ratios['p99_s']:.2f}x"
-        )
-    print("\nCPU ms per request by process, last round (warm-up requests included):")
-    for tname, r in results.items():
-        for system, runs in r.items():
-            cpu = runs[-1]["cpu_ms_per_request"]
-            parts = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if v >= 0.05)
-            print(f"  {tname:5s} {system:10s} total {sum(cpu.values()):5.1f}: {parts}")
+        print(f"[{setup}] CPU ms per request by process, last round (incl. warm-up requests):")
+        for tname, r in res.items():
+            for system, runs in r.items():
+                cpu = runs[-1]["cpu_ms_per_request"]
+                parts = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if v >= 0.05)
+                print(f"  {tname:5s} {system:10s} total {sum(cpu.values()):5.1f}: {parts}")
     Path(args.out).write_text(json.dumps(results, indent=2))
 
 
