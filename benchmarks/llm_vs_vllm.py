@@ -171,6 +171,12 @@ def _stop(proc: subprocess.Popen) -> None:
 # gives both engines one CPU thread (on a shared 2-core machine more makes them spin-wait).
 SETUPS = ("defaults", "equal")
 THREADS = 1
+EQUAL_REPLICA = {
+    "ray_actor_options": {
+        "num_cpus": THREADS,
+        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(THREADS)}},
+    }
+}
 ENGINE = {"max_loras": 4, "max_cpu_loras": 4, "max_lora_rank": 16, "max_model_len": 512}
 
 
@@ -216,13 +222,6 @@ def start_app(
 ) -> subprocess.Popen:
     import yaml
 
-    resources = {
-        "ray_actor_options": {
-            "num_cpus": THREADS,
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(THREADS)}},
-        }
-    }
-
     cfg = {
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [
@@ -245,7 +244,7 @@ def start_app(
                             "deployment": {
                                 "num_replicas": 1,
                                 "router": router,
-                                **(resources if setup == "equal" else {}),
+                                **(EQUAL_REPLICA if setup == "equal" else {}),
                             },
                         }
                     ],
