@@ -13,6 +13,7 @@ URL = "http://127.0.0.1:8000"
 
 
 def main() -> None:
+    env.apply_ray_defaults()
     token = "$LORASERVE_ADMIN_TOKEN"
     if not env.admin_token():
         generated = secrets.token_urlsafe(24)

@@ -5,6 +5,11 @@ import tempfile
 
 import pytest
 
+from serve_app import env
+
+# The suite runs under the same Ray Serve settings as `make run` (serve_app.env.RAY_DEFAULTS).
+env.apply_ray_defaults(driver=True)
+
 # Apps built by tests keep their adapter catalogue in a fresh directory per test session (the
 # default, ~/.local/state/loraserve, would carry registrations from one run into the next).
 os.environ.setdefault("LORASERVE_STATE_DIR", tempfile.mkdtemp(prefix="loraserve-test-state-"))
