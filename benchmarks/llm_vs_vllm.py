@@ -53,6 +53,7 @@ def trace(n: int, max_tokens: int, adapters: list[str], seed: int = 7) -> list[d
 async def replay(url: str, reqs: list[dict], concurrency: int, name_of) -> dict:
     sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
+    errors: list[str] = []
     tokens = 0
 
     async def one(client: httpx.AsyncClient, r: dict) -> None:
@@ -68,13 +69,17 @@ async def replay(url: str, reqs: list[dict], concurrency: int, name_of) -> dict:
             t = time.perf_counter()
             resp = await client.post(f"{url}/v1/completions", json=body)
             latencies.append(time.perf_counter() - t)
-        resp.raise_for_status()
+        if resp.status_code != 200:  # counted and shown, as a user would see them
+            errors.append(f"{resp.status_code} {resp.text[:200]}")
+            return
         tokens += resp.json()["usage"]["completion_tokens"]
 
     async with httpx.AsyncClient(timeout=600) as client:
         await one(client, {**reqs[0], "max_tokens": 2})  # warm-up outside the clock
         for a in {r["adapter"] for r in reqs}:  # adapters resident in both: measure serving
             await one(client, {"adapter": a, "prompt": "warm", "max_tokens": 2})
+        if errors:
+            raise RuntimeError(f"warm-up failed: {errors}")
         latencies.clear()
         tokens = 0
         start = time.perf_counter()
@@ -89,6 +94,8 @@ async def replay(url: str, reqs: list[dict], concurrency: int, name_of) -> dict:
         "tok_per_s": tokens / wall,
         "p50_s": pick(0.5),
         "p99_s": pick(0.99),
+        "errors": len(errors),
+        "first_errors": errors[:3],
     }
 
 
@@ -170,6 +177,7 @@ def _stop(proc: subprocess.Popen) -> None:
 # this app: the config's default replica resources, where Ray sets OMP_NUM_THREADS=1), "equal"
 # gives both engines one CPU thread (on a shared 2-core machine more makes them spin-wait).
 SETUPS = ("defaults", "equal")
+SYSTEMS = ("loraserve", "vllm serve", "ray serve llm")
 THREADS = 1
 EQUAL_REPLICA = {
     "ray_actor_options": {
@@ -257,6 +265,13 @@ def start_app(
     return subprocess.Popen([serve, "run", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT)
 
 
+def start_ray_serve_llm(port: int, log, model: str) -> subprocess.Popen:
+    """Ray Serve LLM with its defaults (benchmarks/ray_serve_llm.py), in a Ray cluster of its own;
+    its one engine gets Ray's one CPU thread in both setups, as its users get it."""
+    cmd = [sys.executable, "-m", "benchmarks.ray_serve_llm", "--port", str(port), "--model", model]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
 def run_setup(setup: str, assets: dict, traces: dict, args, out_dir: Path) -> dict:
     """Both servers in ``setup``, side by side (idle when not measured); the traces alternate
     between them, round after round, so background noise on a shared machine hits both alike.
@@ -272,7 +287,12 @@ def run_setup(setup: str, assets: dict, traces: dict, args, out_dir: Path) -> di
             lambda port, log: start_vllm(assets, port, log, setup),
             lambda a: BASE if a is None else a,
         ),
+        "ray serve llm": (
+            lambda port, log: start_ray_serve_llm(port, log, args.model),
+            lambda a: BASE if a is None else f"{BASE}:{a}",
+        ),
     }
+    systems = {k: v for k, v in systems.items() if k in args.systems.split(",")}
     results: dict = {}
     procs, logs, urls = {}, [], {}
     try:
@@ -293,9 +313,14 @@ def run_setup(setup: str, assets: dict, traces: dict, args, out_dir: Path) -> di
                     )
                     results.setdefault(tname, {}).setdefault(system, []).append(res)
                     print(
-                        f"[{setup}] round {rnd + 1} {tname:5s} {system:10s} "
+                        f"[{setup}] round {rnd + 1} {tname:5s} {system:13s} "
                         f"{res['req_per_s']:6.2f} req/s {res['tok_per_s']:7.1f} tok/s "
-                        f"p50 {res['p50_s'] * 1000:7.0f} ms p99 {res['p99_s'] * 1000:7.0f} ms",
+                        f"p50 {res['p50_s'] * 1000:7.0f} ms p99 {res['p99_s'] * 1000:7.0f} ms"
+                        + (
+                            f" errors {res['errors']}: {res['first_errors'][0]}"
+                            if res["errors"]
+                            else ""
+                        ),
                         flush=True,
                     )
     finally:
@@ -315,6 +340,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--traces", default="long,short", help="comma-separated subset")
     parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated subset")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     parser.add_argument("--router", default="adapter_aware", choices=["adapter_aware", "builtin"])
     parser.add_argument("--out", default="results/llm_vs_vllm.json")
     parser.add_argument(
@@ -338,24 +364,27 @@ def main() -> None:
     for setup in args.setups.split(","):
         results[setup] = run_setup(setup, assets, traces, args, out_dir)
     for setup, res in results.items():
-        print(f"\n[{setup}] ratios (loraserve / vllm serve), median over rounds:")
+        print(f"\n[{setup}] ratios to vllm serve, median over rounds:")
         for tname, r in res.items():
-            ratios = {
-                key: statistics.median(
-                    x[key] / y[key] for x, y in zip(r["loraserve"], r["vllm serve"], strict=True)
+            for system in (s for s in r if s != "vllm serve" and "vllm serve" in r):
+                ratios = {
+                    key: statistics.median(
+                        x[key] / y[key] for x, y in zip(r[system], r["vllm serve"], strict=True)
+                    )
+                    for key in ("tok_per_s", "p50_s", "p99_s")
+                }
+                errors = sum(x["errors"] for x in r[system])
+                print(
+                    f"  {tname:5s} {system:13s} throughput {ratios['tok_per_s']:.2f}x  "
+                    f"p50 {ratios['p50_s']:.2f}x  p99 {ratios['p99_s']:.2f}x  "
+                    f"errors {errors}/{sum(x['requests'] for x in r[system])}"
                 )
-                for key in ("tok_per_s", "p50_s", "p99_s")
-            }
-            print(
-                f"  {tname:5s} throughput {ratios['tok_per_s']:.2f}x  "
-                f"p50 {ratios['p50_s']:.2f}x  p99 {ratios['p99_s']:.2f}x"
-            )
         print(f"[{setup}] CPU ms per request by process, last round (incl. warm-up requests):")
         for tname, r in res.items():
             for system, runs in r.items():
                 cpu = runs[-1]["cpu_ms_per_request"]
                 parts = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if v >= 0.05)
-                print(f"  {tname:5s} {system:10s} total {sum(cpu.values()):5.1f}: {parts}")
+                print(f"  {tname:5s} {system:13s} total {sum(cpu.values()):5.1f}: {parts}")
     Path(args.out).write_text(json.dumps(results, indent=2))
 
 

@@ -48,11 +48,15 @@ def cache_dir() -> str:
 # measured by benchmarks/llm_vs_vllm: 21% less CPU per short request, most of it in the proxy,
 # ingress and model replica. Except its request-log buffer: that mode keeps 1,000 log records
 # in memory before writing, so a quiet replica's adapter loads and evictions would not reach its
-# log for hours; records are written as they happen. A value already set wins
-# (export RAY_SERVE_THROUGHPUT_OPTIMIZED=0).
+# log for hours; records are written as they happen. And except its direct ingress (the ingress
+# replica listening on a port of its own for an external load balancer): that mode then starts
+# an HTTP proxy on the head node only and holds every ingress replica 30 s when it stops; here
+# each node keeps its proxy (multi-node serving, cluster.yaml) and nothing waits for a balancer
+# we do not have. A value already set wins (export RAY_SERVE_THROUGHPUT_OPTIMIZED=0).
 RAY_DEFAULTS = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
 }
 
 

@@ -10,15 +10,14 @@ through ``AWS_ENDPOINT_URL``.
 """
 
 import argparse
-import contextlib
 import json
 import os
-import socket
 import sys
 import time
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
+
+from benchmarks.s3 import s3_adapters
 
 
 def _rows(path: Path) -> list[dict]:
@@ -50,34 +49,8 @@ def vllm_offline(rows: list[dict], base: str, adapters: dict[str, str], engine: 
 
 
 def ray_data(rows: list[dict], base: str, adapters: dict[str, str], engine: dict) -> dict:
-    with _s3_adapters(adapters) as loras_uri:
+    with s3_adapters(adapters) as loras_uri:
         return _ray_data(rows, base, loras_uri, engine)
-
-
-@contextlib.contextmanager
-def _s3_adapters(adapters: dict[str, str]) -> Iterator[str]:
-    """A local S3 server (moto) holding each adapter under s3://loras/<name>/; yields the root
-    URI. Its endpoint and dummy keys go into the environment, which Ray's workers inherit."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                       "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"})  # fmt: skip
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="loras")
-        for name, path in adapters.items():
-            for f in Path(path).iterdir():
-                client.upload_file(str(f), "loras", f"{name}/{f.name}")
-        yield "s3://loras"
-    finally:
-        server.stop()
 
 
 def _ray_data(rows: list[dict], base: str, loras_uri: str, engine: dict) -> dict:

@@ -108,3 +108,19 @@ def test_grafana_dashboard_queries_only_metrics_we_export() -> None:
     defined = set(re.findall(r'"(loraserve_\w+)"', code))
     assert used and used <= defined, used - defined
     assert {"loraserve_requests", "loraserve_cache_hits", "loraserve_routing_decisions"} <= used
+
+
+def test_every_way_of_starting_ray_gets_our_serve_settings() -> None:
+    """cluster.yaml's `ray start` lines, the KubeRay image and the local cluster's instructions
+    carry serve_app.env.RAY_DEFAULTS, as `make run` and the tests do: a node started without them
+    would run Serve with other settings than every other path."""
+    from serve_app.env import RAY_DEFAULTS
+
+    settings = [f"{k}={v}" for k, v in RAY_DEFAULTS.items()]
+    cfg = _load("cluster.yaml")
+    for cmd in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]:
+        if "ray start" in cmd:
+            assert all(s in cmd.split("ray start")[0] for s in settings), cmd
+    for rel in ("deploy/Dockerfile", "deploy/cluster-local.yaml"):
+        text = (ROOT / rel).read_text()
+        assert all(s in text for s in settings), rel
