@@ -3,10 +3,12 @@ LLM replica, one image replica) with a dashboard for job submission, drive each 
 the offline baselines in their own processes with the app stopped."""
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -237,7 +239,14 @@ def _offline(which: str, trace: Path, spec: Path, work: Path) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.batch.offline", which, "--trace", str(trace),
            "--spec", str(spec)]  # fmt: skip
     with log.open("w") as f:
-        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=3600)
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+        try:
+            proc.wait(timeout=3600)
+        finally:  # its engine process outlives it (it exits with os._exit): end the group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
     for line in reversed(log.read_text().splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line.removeprefix("RESULT "))
