@@ -2,6 +2,11 @@
 replicas of the tiny demo model, real adapters, the same seeded Zipf trace, one after the other.
 
     .venv/bin/python -m benchmarks.routing_real [--replicas 3] [--slots 2] [--adapters 8]
+    .venv/bin/python -m benchmarks.routing_real --model smollm2 --rank 64 --s3   # production costs
+
+``--rank R`` serves copies of a rank-R adapter over every linear layer instead of the small demo
+adapter, and ``--s3`` fetches them from a local S3 server (moto) through the app's S3 source, so
+that a cold load costs a download plus a large ``add_lora``, as on a real deployment.
 
 Counts adapter loads from the replicas' own logs (the pool logs every "-> ready"), requests per
 replica from Serve's access log lines, and latency at the client. Prints ours/built-in ratios.
@@ -9,17 +14,19 @@ replica from Serve's access log lines, and latency at the client. Prints ours/bu
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import re
 import socket
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from benchmarks.adapter_copies import make_adapter_copies
+from benchmarks.adapter_copies import make_adapter_copies, make_large_template
 from benchmarks.text_model import MODELS, out_path, text_assets
 
 BASE = "tiny-llama"
@@ -68,7 +75,7 @@ def replica_counts(log_dir: Path) -> tuple[int, list[int]]:
     return loads, per_replica
 
 
-def run_one(router: str, args, adapters: dict, demo: dict, root: Path) -> dict:
+def run_one(router: str, args, adapters: dict, demo: dict, root: Path, sources: dict) -> dict:
     import ray
     from ray import serve
 
@@ -82,7 +89,7 @@ def run_one(router: str, args, adapters: dict, demo: dict, root: Path) -> dict:
     log_dir = Path(serve_log_dir())
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     cfg = {
-        "sources": {"allowed_roots": [str(root)]},
+        "sources": sources,
         "llm": [
             {
                 "name": BASE,
@@ -91,7 +98,7 @@ def run_one(router: str, args, adapters: dict, demo: dict, root: Path) -> dict:
                 "max_model_len": 256,
                 "max_loras": args.slots,
                 "max_cpu_loras": args.slots,
-                "max_lora_rank": 16,
+                "max_lora_rank": max(16, args.rank),
                 "engine_kwargs": {"enforce_eager": True},
                 "adapters": [{"name": n, "source": p} for n, p in adapters.items()],
                 "deployment": {
@@ -136,6 +143,8 @@ def main() -> None:
     p.add_argument("--zipf", type=float, default=1.0)
     p.add_argument("--out", default="results/routing_real.json")
     p.add_argument("--model", default="tiny", choices=MODELS, help="text base (see text_model)")
+    p.add_argument("--rank", type=int, default=0, help="rank-R all-linear adapters (0: demo's)")
+    p.add_argument("--s3", action="store_true", help="fetch the adapters from a local S3 server")
     args = p.parse_args()
     args.out = out_path(args.out, args.model)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -143,16 +152,30 @@ def main() -> None:
     global BASE
     BASE, demo = text_assets(args.model)
     root = Path("results/routing-adapters").resolve()
-    adapters = make_adapter_copies(demo["adapters"]["pirate"], args.adapters, root)
-    results = {}
-    for router in ("adapter_aware", "builtin"):
-        results[router] = r = run_one(router, args, adapters, demo, root)
-        print(
-            f"{router:14s} loads/1000 {r['loads_per_1000']:6.1f}  p50 {r['p50_s'] * 1000:6.0f} ms"
-            f"  p99 {r['p99_s'] * 1000:6.0f} ms  {r['req_per_s']:5.2f} req/s  "
-            f"per replica {r['requests_per_replica']} (max/mean {r['max_over_mean']:.2f})",
-            flush=True,
-        )
+    template = demo["adapters"]["pirate"]
+    if args.rank:
+        template = make_large_template(demo["base"], BASE, root, args.rank)
+    adapters = make_adapter_copies(template, args.adapters, root / f"r{args.rank}")
+    with contextlib.ExitStack() as stack:
+        sources: dict = {"allowed_roots": [str(root)]}
+        if args.s3:
+            from benchmarks.s3 import s3_adapters
+
+            uri = stack.enter_context(s3_adapters(adapters))
+            adapters = {n: f"{uri}/{n}" for n in adapters}
+            sources["s3_endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+        results = {}
+        for router in ("adapter_aware", "builtin"):
+            if args.s3:  # each router starts with an empty disk cache, as a fresh node would
+                sources["cache_dir"] = tempfile.mkdtemp(prefix=f"routing-{router}-")
+            results[router] = r = run_one(router, args, adapters, demo, root, sources)
+            print(
+                f"{router:14s} loads/1000 {r['loads_per_1000']:6.1f}"
+                f"  p50 {r['p50_s'] * 1000:6.0f} ms  p99 {r['p99_s'] * 1000:6.0f} ms"
+                f"  {r['req_per_s']:5.2f} req/s  "
+                f"per replica {r['requests_per_replica']} (max/mean {r['max_over_mean']:.2f})",
+                flush=True,
+            )
     a, b = results["adapter_aware"], results["builtin"]
     print(
         f"ratios ours/built-in: loads {a['loads'] / max(1, b['loads']):.2f}x  "
