@@ -1,5 +1,6 @@
 """Many distinct text adapters for benchmarks: copies of one demo adapter with every tensor scaled
-by a seeded random factor (same shapes and config, different outputs)."""
+by a seeded random factor (same shapes and config, different outputs); and a production-sized
+template to copy (rank 64 over every linear layer)."""
 
 import json
 from pathlib import Path

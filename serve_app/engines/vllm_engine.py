@@ -93,8 +93,8 @@ class VLLMEngine:
         if current_platform.is_cpu():
             # vLLM CPU otherwise runs the model in a worker process beside the engine-core
             # process, and the core busy-polls the worker's shared-memory queue: on a small CPU
-            # host that polling takes most of a core from the model (measured: +21-27% batch
-            # throughput without it, benchmarks/batch). With this the model runs inside the
+            # host that polling takes most of a core from the model (benchmarks/batch: +11% to
+            # +21% batch throughput without it, by machine). With this the model runs inside the
             # engine-core process (vLLM's "uni" executor); AsyncLLM still keeps that process
             # apart from the replica. A deployment's runtime_env may set it to "1" to opt out.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
