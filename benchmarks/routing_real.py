@@ -6,7 +6,9 @@ replicas of the tiny demo model, real adapters, the same seeded Zipf trace, one 
 
 ``--rank R`` serves copies of a rank-R adapter over every linear layer instead of the small demo
 adapter, and ``--s3`` fetches them from a local S3 server (moto) through the app's S3 source, so
-that a cold load costs a download plus a large ``add_lora``, as on a real deployment.
+that a cold load costs a download plus a large ``add_lora``, as on a real deployment. ``--lfu``
+adds a third run: ours with the pool's frequency-aware eviction (``eviction: lfu``); the built-in
+router always runs with the pool's default (lru), as Ray's own multiplexing evicts.
 
 Counts adapter loads from the replicas' own logs (the pool logs every "-> ready"), requests per
 replica from Serve's access log lines, and latency at the client. Prints ours/built-in ratios.
@@ -75,7 +77,9 @@ def replica_counts(log_dir: Path) -> tuple[int, list[int]]:
     return loads, per_replica
 
 
-def run_one(router: str, args, adapters: dict, demo: dict, root: Path, sources: dict) -> dict:
+def run_one(
+    router: str, args, adapters: dict, demo: dict, root: Path, sources: dict, eviction: str
+) -> dict:
     import ray
     from ray import serve
 
@@ -99,6 +103,7 @@ def run_one(router: str, args, adapters: dict, demo: dict, root: Path, sources: 
                 "max_loras": args.slots,
                 "max_cpu_loras": args.slots,
                 "max_lora_rank": max(16, args.rank),
+                "eviction": eviction,
                 "engine_kwargs": {"enforce_eager": True},
                 "adapters": [{"name": n, "source": p} for n, p in adapters.items()],
                 "deployment": {
@@ -145,6 +150,9 @@ def main() -> None:
     p.add_argument("--model", default="tiny", choices=MODELS, help="text base (see text_model)")
     p.add_argument("--rank", type=int, default=0, help="rank-R all-linear adapters (0: demo's)")
     p.add_argument("--s3", action="store_true", help="fetch the adapters from a local S3 server")
+    p.add_argument(
+        "--lfu", action="store_true", help="also ours with the pool's frequency-aware eviction"
+    )
     args = p.parse_args()
     args.out = out_path(args.out, args.model)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -165,22 +173,29 @@ def main() -> None:
             adapters = {n: f"{uri}/{n}" for n in adapters}
             sources["s3_endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
         results = {}
-        for router in ("adapter_aware", "builtin"):
+        runs = ["adapter_aware", "builtin"] + ["adapter_aware-lfu"] * args.lfu
+        for run in runs:
+            router, _, eviction = run.partition("-")
             if args.s3:  # each router starts with an empty disk cache, as a fresh node would
-                sources["cache_dir"] = tempfile.mkdtemp(prefix=f"routing-{router}-")
-            results[router] = r = run_one(router, args, adapters, demo, root, sources)
+                sources["cache_dir"] = tempfile.mkdtemp(prefix=f"routing-{run}-")
+            results[run] = r = run_one(
+                router, args, adapters, demo, root, sources, eviction or "lru"
+            )
             print(
-                f"{router:14s} loads/1000 {r['loads_per_1000']:6.1f}"
+                f"{run:18s} loads/1000 {r['loads_per_1000']:6.1f}"
                 f"  p50 {r['p50_s'] * 1000:6.0f} ms  p99 {r['p99_s'] * 1000:6.0f} ms"
                 f"  {r['req_per_s']:5.2f} req/s  "
                 f"per replica {r['requests_per_replica']} (max/mean {r['max_over_mean']:.2f})",
                 flush=True,
             )
-    a, b = results["adapter_aware"], results["builtin"]
-    print(
-        f"ratios ours/built-in: loads {a['loads'] / max(1, b['loads']):.2f}x  "
-        f"p99 {a['p99_s'] / b['p99_s']:.2f}x  throughput {a['req_per_s'] / b['req_per_s']:.2f}x"
-    )
+    b = results["builtin"]
+    for run in (r for r in runs if r != "builtin"):
+        a = results[run]
+        print(
+            f"ratios {run}/built-in: loads {a['loads'] / max(1, b['loads']):.2f}x  "
+            f"p99 {a['p99_s'] / b['p99_s']:.2f}x  "
+            f"throughput {a['req_per_s'] / b['req_per_s']:.2f}x"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), **results}, indent=2))
 

@@ -2,6 +2,7 @@
 storage (Ray Data's vLLM stage, Ray Serve LLM)."""
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ def s3_adapters(adapters: dict[str, str]) -> Iterator[str]:
     os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1"})  # fmt: skip
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per S3 part
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

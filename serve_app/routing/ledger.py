@@ -96,6 +96,7 @@ class Ledger:
             max_ongoing=max_ongoing,
             slots=stats.slots if stats else 0,
             victims=stats.victims if stats else (),
+            load_s=stats.load_s if stats else 0.0,
         )
         if old is not None and old[1] == view:
             self._reported[rid] = (seq, view)

@@ -82,6 +82,12 @@ Knobs (``Knobs``):
   added to every cold request that finds no cheap victim.
 - ``max_wait_s`` (3.0): after waiting this long, a request also accepts the least loaded replicas
   and guarded ones.
+- ``wait_per_load`` (1.0): both waits above stretch with what loads cost: the admission wait to
+  at least this many times the fleet's measured load time (the median of the replicas'
+  ``load_s``), the max wait to at least twice that. Waiting for a cheap victim is worth up to
+  the load that evicting a popular adapter would cost later (ski rental), so where loads take
+  seconds (large adapters fetched from S3) a cold request waits seconds, not 50 ms, before it
+  evicts; where loads are ~0.1 s nothing changes. 0 keeps the knobs as they are.
 - ``max_candidates`` (3): length of the preference list before fallbacks (Ray tries them in
   order, each asked for room, and backs off when all refuse).
 - ``fallbacks`` (2): least loaded replicas appended once ``max_wait_s`` has passed.
@@ -117,6 +123,7 @@ class Knobs:
     place_below: float = 1.0
     admit_wait_s: float = 0.05
     max_wait_s: float = 3.0
+    wait_per_load: float = 1.0
     balance: float = 1.2
     max_candidates: int = 3
     fallbacks: int = 2
@@ -130,7 +137,7 @@ class ReplicaView:
     ``resident``/``loading``: adapters ready / being loaded. ``ongoing``: requests in flight.
     ``max_ongoing``: the most requests it accepts. ``slots``: adapters its working set holds
     (0 = unknown). ``victims``: ``(adapter, last used, unix s)`` it would evict first, first
-    victim first (optional).
+    victim first (optional). ``load_s``: its recent cold-load time, seconds (0 = unknown).
     """
 
     id: str
@@ -140,6 +147,7 @@ class ReplicaView:
     max_ongoing: int = 1
     slots: int = 0
     victims: tuple[tuple[str, float], ...] = ()
+    load_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +258,8 @@ class Fleet:
         self._free_slot = np.zeros(0, dtype=bool)
         self._victim_t = np.zeros(0)
         self._loading_n = np.zeros(0)  # adapters each replica is loading now
+        self._load_s = np.zeros(0)  # each replica's reported load time (0: none yet)
+        self._waits = (self.knobs.admit_wait_s, self.knobs.max_wait_s)  # see _set_waits
         # Aged request counts per adapter (observe), and the count of each replica's first victim.
         self._freq: dict[str, float] = {}
         self._observed = 0
@@ -325,6 +335,9 @@ class Fleet:
         self._loading_n[i] = len(view.loading)
         self._cap[i] = max(1, view.max_ongoing)
         self._free_slot[i] = _free_slot(view)
+        if view.load_s != self._load_s[i]:
+            self._load_s[i] = view.load_s
+            self._set_waits()
         self._set_victim(i)
 
     def place(self, replica_id: str, adapters: Iterable[str]) -> None:
@@ -363,6 +376,8 @@ class Fleet:
         self._ongoing = np.array([float(v.ongoing) for v in views])
         self._cap = np.array([float(max(1, v.max_ongoing)) for v in views])
         self._loading_n = np.array([float(len(v.loading)) for v in views])
+        self._load_s = np.array([float(v.load_s) for v in views])
+        self._set_waits()
         self._free_slot = np.array([_free_slot(v) for v in views], dtype=bool)
         # Fixed random tie-break (seeded by the ids, so every router agrees).
         self._tiebreak = (self._seeds >> np.uint64(11)).astype(np.float64) / float(1 << 53) * 1e-6
@@ -377,6 +392,19 @@ class Fleet:
         self._used_since = {r: u for r, u in self._used_since.items() if r in self._index}
         for i in range(len(views)):
             self._set_victim(i)
+
+    def _set_waits(self) -> None:
+        """(admission wait, max wait): the knobs, stretched to the fleet's measured load time
+        (``wait_per_load``; the median over replicas that reported one)."""
+        k = self.knobs
+        known = self._load_s[self._load_s > 0]
+        cost = k.wait_per_load * float(np.median(known)) if known.size else 0.0
+        self._waits = (max(k.admit_wait_s, cost), max(k.max_wait_s, 2 * cost))
+
+    @property
+    def waits(self) -> tuple[float, float]:
+        """The admission and max waits in force now (seconds)."""
+        return self._waits
 
     # ---- ranking -------------------------------------------------------------------------
 
@@ -500,7 +528,7 @@ class Fleet:
             if home is None:  # no eligible replica: wait in the router
                 return Decision("cold", [])
             ranked = [(home, "cold")]
-        if request.waited_s >= self.knobs.max_wait_s:
+        if request.waited_s >= self._waits[1]:
             taken = {i for i, _ in ranked}
             ranked += [
                 (i, "fallback") for i in self._least_loaded_idx(load, self.knobs.fallbacks, taken)
@@ -549,14 +577,15 @@ class Fleet:
         """Step 3: where to load an adapter nothing holds, or None to wait (guarded replicas
         and admission, both lifted by waiting)."""
         k = self.knobs
+        admit_wait, max_wait = self._waits
         mask = (load < k.place_below) & (self._sent < self._share_cap())
-        if request.waited_s < k.max_wait_s:
+        if request.waited_s < max_wait:
             # Never evict an adapter that requests queued here still want (they would load it
             # again): skip guarded replicas, or wait if every replica is.
             mask &= ~self._guarded
             if not mask.any():
                 return None
-        if request.waited_s < min(k.admit_wait_s, k.max_wait_s):
+        if request.waited_s < min(admit_wait, max_wait):
             # Admission: evict only a victim no more popular than this adapter (or use a free
             # slot); while no replica offers one, wait (an in-use cheap victim frees up within a
             # service time; a popular one evicted costs a load later).

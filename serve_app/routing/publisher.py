@@ -61,6 +61,7 @@ class ResidencyReporter:
         self.ongoing = 0
         self.loads = 0
         self.evictions = 0
+        self.load_s = 0.0  # moving average of this pool's load times (RoutingStats.load_s)
         self.last_used: dict[str, float] = {}
         self._scheduled = False
         self._replica_id = None
@@ -94,7 +95,9 @@ class ResidencyReporter:
 
     def stats(self) -> RoutingStats:
         snap = self._pool.snapshot() if self._pool is not None else {}
-        return RoutingStats.from_pool(snap, ongoing=self.ongoing, last_used=self.last_used)
+        return RoutingStats.from_pool(
+            snap, ongoing=self.ongoing, last_used=self.last_used, load_s=self.load_s
+        )
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Return value for the deployment's ``record_routing_stats`` method."""
@@ -119,6 +122,9 @@ class ResidencyReporter:
             self.last_used.pop(name, None)
         if value == "ready":
             self.loads += 1
+            if "load_s" in info:  # the first load sets it; later ones weigh 1/4
+                t = float(info["load_s"])
+                self.load_s = t if self.loads == 1 else 0.75 * self.load_s + 0.25 * t
             if self._loads_metric is not None:
                 self._loads_metric.inc()
         elif value == "evicted":

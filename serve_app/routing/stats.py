@@ -26,6 +26,9 @@ class RoutingStats:
     ready / being loaded. ``slots``: working-set capacity (0 = unknown). ``victims``: the next
     eviction candidates, first victim first, as ``(adapter, last used unix s)``, in use or not
     (routers skip those they know to be in use). ``ongoing``: requests in the replica now.
+    ``load_s``: what a cold load has recently cost this replica, seconds (a moving average of its
+    pool's load times; 0 = none yet): routers wait longer for a cheap placement when loads cost
+    more (policy.py, ``wait_per_load``).
     """
 
     seq: int
@@ -34,10 +37,16 @@ class RoutingStats:
     slots: int = 0
     victims: tuple[tuple[str, float], ...] = ()
     ongoing: int = 0
+    load_s: float = 0.0
 
     @classmethod
     def from_pool(
-        cls, snapshot: Mapping[str, Any], *, ongoing: int = 0, last_used: Mapping[str, float] = {}
+        cls,
+        snapshot: Mapping[str, Any],
+        *,
+        ongoing: int = 0,
+        last_used: Mapping[str, float] = {},
+        load_s: float = 0.0,
     ) -> RoutingStats:
         """From an ``AdapterPool.snapshot()``: victims in the pool's own eviction order when it
         reports one, else the resident adapters least recently used first."""
@@ -52,6 +61,7 @@ class RoutingStats:
             slots=int(snapshot.get("capacity") or 0),
             victims=tuple((a, last_used.get(a, 0.0)) for a in order[:VICTIMS]),
             ongoing=int(ongoing),
+            load_s=round(float(load_s), 3),
         )
 
     @property
@@ -75,4 +85,5 @@ class RoutingStats:
             slots=int(data.get("slots", 0)),
             victims=tuple((str(a), float(t)) for a, t in data.get("victims", ())),
             ongoing=int(data.get("ongoing", 0)),
+            load_s=float(data.get("load_s", 0.0)),
         )

@@ -1,5 +1,7 @@
 """The routing policy, table-driven: which replica a request is sent to, and why."""
 
+from dataclasses import replace
+
 import pytest
 
 from serve_app.routing.policy import (
@@ -209,6 +211,26 @@ def test_cold_adapter_waits_rather_than_evict_a_popular_one():
     # A victim no more popular than the newcomer is evicted at once.
     fleet.upsert(r("r1", ["s", "u"], victims=(("u", NOW - 1),)))
     assert fleet.decide(req("new")).ids == ["r1"]
+
+
+def test_cold_adapter_waits_as_long_as_a_load_costs():
+    # The same fleet as above, but its replicas report loads of 4 s: waiting for a cheap victim
+    # is worth up to one load, so admission holds for 4 s (not 50 ms) and the max wait is 8 s.
+    replicas = [
+        r("r0", ["p", "q"], victims=(("p", NOW - 1),)),
+        r("r1", ["s", "t"], victims=(("s", NOW - 1),)),
+    ]
+    fleet = hot_fleet([replace(v, load_s=4.0) for v in replicas], "p", share=0.5)
+    for _ in range(20):
+        fleet.observe(req("s"))
+    assert fleet.waits == (4.0, 8.0)
+    assert fleet.decide(req("new", waited=1.0)).ids == []  # 50 ms would have evicted "s" here
+    assert fleet.decide(req("new", waited=4.0)).ids == ["r1"]
+    fleet.upsert(replace(fleet.view("r0"), load_s=0.1))  # median of (0.1, 4.0): 2.05 s
+    assert fleet.waits == (2.05, 4.1)
+    cheap = Fleet(Knobs(wait_per_load=0))  # off: the knobs as they are
+    cheap.set_replicas([replace(v, load_s=4.0) for v in replicas])
+    assert cheap.waits == (cheap.knobs.admit_wait_s, cheap.knobs.max_wait_s)
 
 
 def test_fallback_after_max_wait():

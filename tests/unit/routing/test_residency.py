@@ -34,3 +34,13 @@ def test_reporter_counts_loads_and_evictions_and_forgets_evicted():
         rep.on_pool_event("a", state, {})
     assert rep.loads == 1 and rep.evictions == 1
     assert "a" not in rep.last_used
+
+
+def test_reporter_publishes_what_loads_have_cost_recently():
+    rep = ResidencyReporter()
+    assert rep.stats().load_s == 0.0  # no load yet: routers keep their own waits
+    rep.on_pool_event("a", "ready", {"load_s": 8.0})
+    assert rep.stats().load_s == 8.0
+    rep.on_pool_event("b", "ready", {"load_s": 0.0})  # later loads move it a quarter of the way
+    assert rep.stats().load_s == 6.0
+    assert RoutingStats.parse(rep.stats().as_dict()).load_s == 6.0
