@@ -178,7 +178,8 @@ def _stop(proc: subprocess.Popen) -> None:
 # gives both engines one CPU thread (on a shared 2-core machine more makes them spin-wait).
 SETUPS = ("defaults", "equal")
 # NOTE: "ray serve llm" (benchmarks/ray_serve_llm.py) is opt-in (--systems): on this 2-core
-# machine it did not come up (its engine started, /v1/models hung) in the runs tried so far.
+# machine it did not come up until its cluster got 4 logical CPUs (its ingress waited for a CPU);
+# not yet run in this benchmark since that fix.
 SYSTEMS = ("loraserve", "vllm serve")
 THREADS = 1
 EQUAL_REPLICA = {
