@@ -39,9 +39,9 @@ def main() -> None:
 
     with s3_adapters(assets["adapters"]) as root:
         # A cluster of its own (address="local"): it runs beside this app's `serve run`.
-        # NOTE: 4 logical CPUs: the engine's bundle takes one, its replica another, and its
-        # OpenAiIngress asks for one more ({"CPU": 1}); with this 2-core machine's 2 it was never
-        # scheduled and every request hung at the proxy (what "/v1/models hung" was).
+        # NOTE: 4 logical CPUs: with this 2-core machine's 2, the model deployment took both and
+        # its OpenAiIngress ({"CPU": 1}) was never scheduled ("total resources available: {}"),
+        # so every request hung at the proxy (what "/v1/models hung" was).
         ray.init(address="local", include_dashboard=False, num_cpus=max(4, os.cpu_count() or 1))
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         config = LLMConfig(
