@@ -42,7 +42,11 @@ class DeploymentOptions(_Strict):
         description="With autoscaling_config: Serve's policy (ongoing requests only) or "
         "serve_app.autoscaling's, which also scales out for adapter-load pressure.",
     )
-    max_ongoing_requests: PositiveInt = Field(default=64, description="Per replica.")
+    max_ongoing_requests: PositiveInt = Field(
+        default=64,
+        description="Per replica. vLLM replicas default to twice the engine's max_num_seqs "
+        "(256 with vLLM's 128), so a queue waits inside the engine, not between hops.",
+    )
     max_queued_requests: Literal[-1] | PositiveInt = Field(
         default=256,
         description="Requests each caller (an ingress replica, a batch job) holds for this "
@@ -111,6 +115,9 @@ class SourceOptions(_Strict):
     )
 
 
+VLLM_MAX_NUM_SEQS = 128  # vLLM's default batch on CPU (its OpenAI server's max_num_seqs)
+
+
 class LLMConfig(_Strict):
     """One base language model and its adapters."""
 
@@ -150,6 +157,13 @@ class LLMConfig(_Strict):
                 f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})"
             )
         _unique([a.name for a in self.adapters], f"adapter names of '{self.name}'")
+        if self.engine == "vllm" and "max_ongoing_requests" not in self.deployment.model_fields_set:
+            # NOTE: more in flight than vLLM batches (max_num_seqs) keeps requests waiting in
+            # its scheduler: when a batch finishes the next starts at once, instead of the
+            # engine idling while answers and new requests cross the Serve hops
+            # (benchmarks/batch: 1.5x a job's throughput against 48 in flight).
+            seqs = int(self.engine_kwargs.get("max_num_seqs") or VLLM_MAX_NUM_SEQS)
+            self.deployment.max_ongoing_requests = 2 * seqs
         return self
 
 

@@ -30,11 +30,20 @@ if __name__ == "__main__":
     p.add_argument(
         "--max-ongoing", type=int, help="LLM replica's max_ongoing_requests (and vLLM max_num_seqs)"
     )
+    p.add_argument("--max-num-seqs", type=int, help="vLLM max_num_seqs (default: --max-ongoing)")
     p.add_argument("--out", default="batch-results.json")
     a = p.parse_args()
     paths = tuple(a.paths.split(","))
     also = tuple(int(c) for c in a.also.split(",") if c)
     setup = Setup(
-        a.n, a.adapters, a.max_tokens, a.concurrency, a.images, paths, also, a.max_ongoing
+        a.n,
+        a.adapters,
+        a.max_tokens,
+        a.concurrency,
+        a.images,
+        paths,
+        also,
+        a.max_ongoing,
+        a.max_num_seqs,
     )
     main(setup, a.out)

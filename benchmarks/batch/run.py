@@ -39,8 +39,9 @@ class Setup:
     paths: tuple[str, ...] = ("job", "http", "offline", "raydata")
     also: tuple[int, ...] = ()  # the job again at these fixed concurrencies (e.g. the old 16)
     # The LLM replica's max_ongoing_requests and vLLM max_num_seqs (None: the app's defaults,
-    # 64 and vLLM's 128); the job's default share follows the first.
+    # 64 and vLLM's 128; max_num_seqs None follows max_ongoing); the job's share follows the first.
     max_ongoing: int | None = None
+    max_num_seqs: int | None = None
 
 
 def text_trace(setup: Setup, names: list[str]) -> list[dict]:
@@ -90,7 +91,8 @@ def main(setup: Setup, out: str) -> None:
 
 
 def _config(llm: dict, adapters: dict, img: dict | None, setup: Setup) -> dict:
-    seqs = {"max_num_seqs": setup.max_ongoing} if setup.max_ongoing else {}
+    seqs_n = setup.max_num_seqs or setup.max_ongoing
+    seqs = {"max_num_seqs": seqs_n} if seqs_n else {}
     ongoing = {"max_ongoing_requests": setup.max_ongoing} if setup.max_ongoing else {}
     cfg = {
         "sources": {"allowed_roots": [str(Path(llm["base"]).parents[1]), tempfile.gettempdir()]},

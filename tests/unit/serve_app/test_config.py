@@ -51,6 +51,21 @@ def test_max_cpu_loras_defaults_to_max_loras():
     assert LLMConfig.model_validate(_llm(max_loras=3)).max_cpu_loras == 3
 
 
+def test_vllm_replicas_admit_twice_what_the_engine_batches():
+    """A vLLM replica's default max_ongoing_requests leaves a queue inside the engine (2 x its
+    max_num_seqs); a value the user gives, and other engines, keep theirs; a round trip through
+    the JSON the deployments receive keeps it."""
+    cfg = LLMConfig.model_validate(_llm())
+    assert cfg.deployment.max_ongoing_requests == 256
+    again = LLMConfig.model_validate(cfg.model_dump(mode="json"))
+    assert again.deployment.max_ongoing_requests == 256
+    seqs = _llm(engine_kwargs={"max_num_seqs": 32})
+    assert LLMConfig.model_validate(seqs).deployment.max_ongoing_requests == 64
+    given = _llm(deployment={"max_ongoing_requests": 8})
+    assert LLMConfig.model_validate(given).deployment.max_ongoing_requests == 8
+    assert LLMConfig.model_validate(_llm(engine="peft")).deployment.max_ongoing_requests == 64
+
+
 def test_bad_adapter_name_in_config_is_refused():
     with pytest.raises(Exception, match="invalid adapter name"):
         AppConfig.model_validate({"llm": [_llm(adapters=[{"name": "../x", "source": "/a"}])]})
