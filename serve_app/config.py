@@ -147,6 +147,16 @@ class LLMConfig(_Strict):
     adapters: list[AdapterSpec] = Field(default_factory=list)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
+    @property
+    def schedules_by_priority(self) -> bool:
+        """Whether the engine runs waiting requests by their ``priority`` (vLLM's priority
+        scheduling, this app's default for vLLM; ``engine_kwargs.scheduling_policy: fcfs`` opts
+        out): batch jobs' requests then wait behind online ones."""
+        return self.engine == "vllm" and self.engine_kwargs.get("scheduling_policy") in (
+            None,
+            "priority",
+        )
+
     @model_validator(mode="after")
     def _check(self) -> "LLMConfig":
         check_base_name(self.name)
@@ -161,7 +171,7 @@ class LLMConfig(_Strict):
             # NOTE: more in flight than vLLM batches (max_num_seqs) keeps requests waiting in
             # its scheduler: when a batch finishes the next starts at once, instead of the
             # engine idling while answers and new requests cross the Serve hops
-            # (benchmarks/batch: 1.5x a job's throughput against 48 in flight).
+            # (benchmarks/batch: about 1.5x a job's own throughput against 48 in flight).
             seqs = int(self.engine_kwargs.get("max_num_seqs") or VLLM_MAX_NUM_SEQS)
             self.deployment.max_ongoing_requests = 2 * seqs
         return self

@@ -149,6 +149,10 @@ def _host_name(host: str) -> str:
 
 app.add_middleware(_Guard)
 
+# Where the engine schedules by priority (vLLM, lower first), batch jobs' text requests run at
+# least at this one, online (HTTP) ones at the caller's own (default 0): a batch's queue in the
+# engine never delays an online request beyond the batch already running.
+BATCH_PRIORITY = 1
 # What ``Ingress.call`` serves: the non-streamed OpenAI routes, by URL.
 _CALL_URLS = ("/v1/completions", "/v1/chat/completions", "/v1/images/generations")
 
@@ -249,6 +253,7 @@ class Ingress:
         self.cfg = AppConfig.model_validate(cfg)
         self.llms, self.images, self.registry = llms, images, registry
         self.image_cfgs = {c.name: c for c in self.cfg.image}
+        self._by_priority = {m.name for m in self.cfg.llm if m.schedules_by_priority}
         self.in_flight = limits.InFlight(
             self.cfg.limits.max_concurrent_per_key, self.cfg.limits.retry_after_s
         )
@@ -371,12 +376,16 @@ class Ingress:
                 self.in_flight.release(caller.name)
 
     async def _text_target(
-        self, kind: str, body: dict[str, Any], caller: auth.Caller
+        self, kind: str, body: dict[str, Any], caller: auth.Caller, priority: int = 0
     ) -> tuple[Any, dict | None]:
         """The LLM handle (pinned to the adapter) and the adapter spec for a text body, after
-        the caller's scope and the server's limits."""
+        the caller's scope and the server's limits. ``priority``: the least the request runs
+        at (lower first) where the base's engine schedules by priority (batch jobs: 1)."""
         base, spec = await self._resolve(body.get("model"), "text", caller)
         limits.check_text_request(kind, body, self.cfg.limits)
+        given = body.get("priority", 0)
+        if priority and base in self._by_priority and type(given) is int:
+            body["priority"] = max(given, priority)
         handle = self.llms[base].options(multiplexed_model_id=spec.name if spec else "")
         return handle, spec.model_dump(mode="json") if spec else None
 
@@ -437,7 +446,7 @@ class Ingress:
             if url == "/v1/images/generations":
                 return 200, await self._image(body, caller)
             kind = "chat" if url == "/v1/chat/completions" else "completions"
-            handle, spec = await self._text_target(kind, body, caller)
+            handle, spec = await self._text_target(kind, body, caller, BATCH_PRIORITY)
             return 200, await handle.complete.remote(kind, body, spec)
         except Exception as exc:
             return _status_body(exc)

@@ -113,12 +113,17 @@ def _list_at_most(body: dict[str, Any], name: str, limit: int) -> None:
         )
 
 
+MAX_PRIORITY = 2**31 - 1
+
+
 def check_text_request(kind: str, body: dict[str, Any], limits: Limits) -> None:
     """Server caps on a completions (``kind="completions"``) or chat request body."""
     _at_most(body, "max_tokens", limits.max_tokens)
     _at_most(body, "max_completion_tokens", limits.max_tokens)
     _at_most(body, "n", limits.max_n, low=1)
     _at_most(body, "best_of", limits.max_n, low=1)
+    # vLLM runs lower priorities first: below 0 would jump every other caller's requests.
+    _at_most(body, "priority", MAX_PRIORITY)
     for name in ("logprobs", "top_logprobs", "prompt_logprobs"):
         if not isinstance(body.get(name), bool):  # chat's logprobs is a boolean switch
             _at_most(body, name, limits.max_logprobs)

@@ -31,6 +31,8 @@ if __name__ == "__main__":
         "--max-ongoing", type=int, help="LLM replica's max_ongoing_requests (and vLLM max_num_seqs)"
     )
     p.add_argument("--max-num-seqs", type=int, help="vLLM max_num_seqs (default: --max-ongoing)")
+    p.add_argument("--vary-tokens", action="store_true", help="max_tokens from max/4 to max")
+    p.add_argument("--scheduling-policy", choices=["priority", "fcfs"], help="default: app's")
     p.add_argument("--out", default="batch-results.json")
     a = p.parse_args()
     paths = tuple(a.paths.split(","))
@@ -45,5 +47,7 @@ if __name__ == "__main__":
         also,
         a.max_ongoing,
         a.max_num_seqs,
+        a.vary_tokens,
+        a.scheduling_policy,
     )
     main(setup, a.out)

@@ -34,10 +34,14 @@ def vllm_offline(rows: list[dict], base: str, adapters: dict[str, str], engine: 
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
+    t = time.perf_counter()
     llm = LLM(model=base, enable_lora=True, dtype="float32", enforce_eager=True, **engine)
+    start = time.perf_counter() - t
     loras = {n: LoRARequest(n, i + 1, p) for i, (n, p) in enumerate(sorted(adapters.items()))}
     rows = sorted(rows, key=lambda r: r["adapter"])  # grouped: the best order for one engine
-    params = SamplingParams(temperature=0, max_tokens=rows[0]["max_tokens"], ignore_eos=True)
+    params = [
+        SamplingParams(temperature=0, max_tokens=r["max_tokens"], ignore_eos=True) for r in rows
+    ]
     t = time.perf_counter()
     outs = llm.generate(
         [r["prompt"] for r in rows], params, lora_request=[loras[r["adapter"]] for r in rows]
@@ -45,7 +49,7 @@ def vllm_offline(rows: list[dict], base: str, adapters: dict[str, str], engine: 
     wall = time.perf_counter() - t
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     return {"requests": len(rows), "wall_s": wall, "req_per_s": len(rows) / wall,
-            "tok_per_s": tokens / wall}  # fmt: skip
+            "tok_per_s": tokens / wall, "engine_start_s": start}  # fmt: skip
 
 
 def ray_data(rows: list[dict], base: str, adapters: dict[str, str], engine: dict) -> dict:

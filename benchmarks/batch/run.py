@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,14 +43,18 @@ class Setup:
     # 64 and vLLM's 128; max_num_seqs None follows max_ongoing); the job's share follows the first.
     max_ongoing: int | None = None
     max_num_seqs: int | None = None
+    vary_tokens: bool = False  # max_tokens drawn from [max_tokens / 4, max_tokens] per request
+    scheduling_policy: str | None = None  # vLLM's (None: the app's default, priority)
 
 
 def text_trace(setup: Setup, names: list[str]) -> list[dict]:
     rng = random.Random(7)
+    lo = max(1, setup.max_tokens // 4) if setup.vary_tokens else setup.max_tokens
+    tokens = lambda: rng.randint(lo, setup.max_tokens)  # noqa: E731
     return [
         {"custom_id": f"t{i}", "method": "POST", "url": "/v1/completions",
          "body": {"model": f"{BASE}:{rng.choice(names)}", "prompt": f"Request {i}: a story",
-                  "max_tokens": setup.max_tokens, "temperature": 0, "ignore_eos": True}}
+                  "max_tokens": tokens(), "temperature": 0, "ignore_eos": True}}
         for i in range(setup.n)
     ]  # fmt: skip
 
@@ -93,12 +98,13 @@ def main(setup: Setup, out: str) -> None:
 def _config(llm: dict, adapters: dict, img: dict | None, setup: Setup) -> dict:
     seqs_n = setup.max_num_seqs or setup.max_ongoing
     seqs = {"max_num_seqs": seqs_n} if seqs_n else {}
+    policy = {"scheduling_policy": setup.scheduling_policy} if setup.scheduling_policy else {}
     ongoing = {"max_ongoing_requests": setup.max_ongoing} if setup.max_ongoing else {}
     cfg = {
         "sources": {"allowed_roots": [str(Path(llm["base"]).parents[1]), tempfile.gettempdir()]},
         "llm": [{
             "name": BASE, "model": llm["base"], "dtype": "float32", **ENGINE,
-            "engine_kwargs": {"enforce_eager": True, **seqs},
+            "engine_kwargs": {"enforce_eager": True, **seqs, **policy},
             "adapters": [{"name": n, "source": p} for n, p in adapters.items()],
             "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": THREADS},
                            **ongoing},
@@ -198,17 +204,20 @@ def _measure(
     t = time.perf_counter()
     extra: dict = {}
     if path.startswith("job"):
+        probe = _OnlineProbe(url, deployment)
         flag = f" --concurrency {conc}" if conc else ""
         entry = (f"python -m serve_app.jobs.batch --input {trace} --output {out}{flag} "
                  "--progress-s 30")  # fmt: skip
         job = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(ROOT)})
-        while not (status := client.get_job_status(job)).is_terminal():
-            time.sleep(0.5)
+        with probe:
+            while not (status := client.get_job_status(job)).is_terminal():
+                time.sleep(0.5)
         logs = client.get_job_logs(job)
         if status != JobStatus.SUCCEEDED:
             raise RuntimeError(f"batch job {status}:\n{logs[-3000:]}")
         m = re.search(r"batch done: .*?, ([\d.]+)s, ([\d.]+) req/s", logs)
         extra = {"job_own_s": float(m.group(1))} if m else {}
+        extra |= probe.figures()
     else:
         asyncio.run(_naive(url, trace, out, conc))
     wall = time.perf_counter() - t
@@ -218,6 +227,47 @@ def _measure(
     return {"requests": len(rows), "ok": len(ok), "wall_s": wall, "req_per_s": len(rows) / wall,
             "tok_per_s": tokens / wall, "adapter_loads": _loads(deployment) - loads,
             **extra}  # fmt: skip
+
+
+class _OnlineProbe:
+    """An online user beside the job: one short request a second over HTTP (the base model for
+    text, so it never waits for an adapter load), its latency recorded while the job runs."""
+
+    def __init__(self, url: str, deployment: str) -> None:
+        if deployment.startswith("image:"):
+            self.path = "/v1/images/generations"
+            self.body = {"model": IMAGE, "prompt": "probe", "size": "32x32"}
+        else:
+            self.path = "/v1/completions"
+            self.body = {"model": BASE, "prompt": "probe", "max_tokens": 16, "temperature": 0}
+        self.url, self.lat, self.errors = url, [], 0
+        self.stop = threading.Event()
+
+    def __enter__(self) -> "_OnlineProbe":
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=600) as http:
+            while not self.stop.wait(1.0):
+                t = time.perf_counter()
+                if http.post(self.path, json=self.body).status_code == 200:
+                    self.lat.append(time.perf_counter() - t)
+                else:
+                    self.errors += 1
+
+    def figures(self) -> dict:
+        lat = sorted(self.lat)
+        if not lat:
+            return {}
+        q = lambda p: 1000 * lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
+        return {"online_n": len(lat), "online_errors": self.errors, "online_p50_ms": q(0.5),
+                "online_p99_ms": q(0.99)}  # fmt: skip
 
 
 async def _naive(url: str, trace: Path, out: Path, concurrency: int) -> None:
@@ -265,6 +315,12 @@ def _report(results: dict[str, dict], setup: Setup) -> None:
                   f"FAILED: {r['error'][:300]}")  # fmt: skip
             continue
         note = f"job's own time {r['job_own_s']:.1f}s" if "job_own_s" in r else ""
+        if "online_p50_ms" in r:
+            p50, p99 = r["online_p50_ms"], r["online_p99_ms"]
+            note += (f"; online ({r['online_n']} req, {r['online_errors']} err): "
+                     f"p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
+        if "engine_start_s" in r:
+            note = f"generate only; its engine start took {r['engine_start_s']:.1f}s more"
         if "start_s" in r:
             note = (f"incl. its engine start ({r['start_s']:.1f}s); without: "
                     f"{r['steady_req_per_s']:.2f} req/s")  # fmt: skip

@@ -10,9 +10,10 @@ Policy:
   so each adapter's requests arrive together and replicas swap adapters rarely.
 - Concurrency per base: ``--concurrency`` or ``batch_share(slots)``, three quarters of the base's
   slots (``max_ongoing_requests`` x replicas): a quarter (at least one) stays free for online
-  traffic, which Serve queues first-come-first-served with ours, so a batch never holds every
-  slot. Measured (benchmarks/batch): a vLLM replica's throughput grows with the requests in
-  flight, because vLLM batches them all, so the share is as large as that rule allows.
+  traffic, so a batch never holds every slot. A vLLM replica admits twice what its engine
+  batches (serve_app/config.py), so the share keeps requests waiting inside vLLM's scheduler
+  and the next batch starts as soon as one ends; they run at ``BATCH_PRIORITY``
+  (serve_app/ingress.py), so online requests go ahead of that queue.
 - Transient failures (a 5xx ``server_error`` or 503: a replica restarting, an actor dying, the
   ingress unreachable) are retried with exponential backoff, ``--retries`` times.
 - Each answer is appended to the output and flushed as it completes; a re-run with the same

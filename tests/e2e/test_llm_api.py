@@ -30,6 +30,13 @@ def _complete(oai, model: str, **kw) -> str:
     return out.choices[0].text
 
 
+def test_a_caller_may_lower_its_own_priority(oai):
+    """The engine schedules by priority (batch jobs' requests run after online ones): a request
+    that asks to run later is answered, the same as at the default; vLLM's first-come policy
+    would refuse any priority but 0."""
+    assert _complete(oai, f"{BASE}:sql", extra_body={"priority": 3}) == _complete(oai, "sql")
+
+
 def test_each_adapter_changes_the_completion(oai):
     texts = {m: _complete(oai, m) for m in [BASE, *(f"{BASE}:{a}" for a in ADAPTERS)]}
     assert all(texts.values())

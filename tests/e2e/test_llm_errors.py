@@ -53,6 +53,7 @@ def test_non_object_json_is_400(http):
         ({"model": BASE}, "prompt"),
         ({"model": BASE, "prompt": "hi", "temperature": "hot"}, "temperature"),
         ({"model": f"{BASE}:sql", "prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ({"model": BASE, "prompt": "hi", "priority": -1}, "priority"),  # no queue jumping
     ],
 )
 def test_bad_fields_are_400_naming_the_field(http, body, field):

@@ -122,6 +122,7 @@ def test_json_depth_and_surrogates():
         ({"prompt": "x", "n": 100}, "n"),
         ({"prompt": "x", "n": 0}, "n"),
         ({"prompt": "x", "best_of": 9}, "best_of"),
+        ({"prompt": "x", "priority": -1}, "priority"),  # would run before everyone else's
         ({"prompt": "x", "logprobs": 21}, "logprobs"),
         ({"prompt": "x", "logprobs": -1}, "logprobs"),
         ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": -1}, "top_logprobs"),
@@ -148,6 +149,7 @@ def test_text_limits_name_the_field(body, param):
     "body",
     [
         {"prompt": "x", "max_tokens": 4096, "n": 8, "logprobs": 5, "stop": ["a", "b"]},
+        {"prompt": "x", "priority": 3},  # a caller may put its own requests after others
         {"prompt": [1, 2, 3]},
         {"prompt": ["a", "b"], "max_tokens": "many"},  # wrong types: the engine's own 400
         {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 3},

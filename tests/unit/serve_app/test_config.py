@@ -66,6 +66,13 @@ def test_vllm_replicas_admit_twice_what_the_engine_batches():
     assert LLMConfig.model_validate(_llm(engine="peft")).deployment.max_ongoing_requests == 64
 
 
+def test_vllm_schedules_by_priority_unless_told_not_to():
+    assert LLMConfig.model_validate(_llm()).schedules_by_priority
+    fcfs = _llm(engine_kwargs={"scheduling_policy": "fcfs"})
+    assert not LLMConfig.model_validate(fcfs).schedules_by_priority
+    assert not LLMConfig.model_validate(_llm(engine="peft")).schedules_by_priority
+
+
 def test_bad_adapter_name_in_config_is_refused():
     with pytest.raises(Exception, match="invalid adapter name"):
         AppConfig.model_validate({"llm": [_llm(adapters=[{"name": "../x", "source": "/a"}])]})

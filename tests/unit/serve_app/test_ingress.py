@@ -102,7 +102,7 @@ def setup(monkeypatch, tmp_path):
         transport=httpx.ASGITransport(app=ingress.app, raise_app_exceptions=False),
         base_url="http://t",
     )
-    return SimpleNamespace(client=client, calls=calls, llm=llm)
+    return SimpleNamespace(client=client, calls=calls, llm=llm, obj=obj)
 
 
 def _error(resp: httpx.Response, status: int) -> dict:
@@ -124,6 +124,17 @@ async def test_an_adapter_request_goes_to_its_base_with_the_adapter_as_model_id(
     name, opts, args = setup.calls[-1]
     assert name == "complete" and opts == {"multiplexed_model_id": "sql"}
     assert args[0] == "completions" and args[2]["source"] == "/a/sql"
+
+
+@pytest.mark.parametrize(("given", "runs_at"), [(None, 1), (0, 1), (5, 5)])
+async def test_batch_requests_run_after_online_ones(setup, given, runs_at):
+    """Through ``call`` (batch jobs) a text request runs at least at BATCH_PRIORITY, so it waits
+    behind online ones in vLLM's queue; over HTTP the caller's own priority (default 0) stays."""
+    body = {"model": "tiny:sql", "prompt": "x"} | ({} if given is None else {"priority": given})
+    status, _ = await setup.obj.call("/v1/completions", dict(body))
+    assert status == 200 and setup.calls[-1][2][1]["priority"] == runs_at
+    await setup.client.post("/v1/completions", json=body)
+    assert setup.calls[-1][2][1].get("priority") == given
 
 
 async def test_a_base_request_has_no_adapter(setup):
