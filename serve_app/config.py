@@ -152,10 +152,7 @@ class LLMConfig(_Strict):
         """Whether the engine runs waiting requests by their ``priority`` (vLLM's priority
         scheduling, this app's default for vLLM; ``engine_kwargs.scheduling_policy: fcfs`` opts
         out): batch jobs' requests then wait behind online ones."""
-        return self.engine == "vllm" and self.engine_kwargs.get("scheduling_policy") in (
-            None,
-            "priority",
-        )
+        return self.engine == "vllm" and self.engine_kwargs["scheduling_policy"] == "priority"
 
     @model_validator(mode="after")
     def _check(self) -> "LLMConfig":
@@ -167,7 +164,12 @@ class LLMConfig(_Strict):
                 f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})"
             )
         _unique([a.name for a in self.adapters], f"adapter names of '{self.name}'")
-        if self.engine == "vllm" and "max_ongoing_requests" not in self.deployment.model_fields_set:
+        if self.engine != "vllm":
+            return self
+        # Requests waiting in vLLM run by priority (lower first), arrival within one: batch jobs
+        # send theirs at serve_app/ingress.py BATCH_PRIORITY, so online ones go ahead of them.
+        self.engine_kwargs.setdefault("scheduling_policy", "priority")
+        if "max_ongoing_requests" not in self.deployment.model_fields_set:
             # NOTE: more in flight than vLLM batches (max_num_seqs) keeps requests waiting in
             # its scheduler: when a batch finishes the next starts at once, instead of the
             # engine idling while answers and new requests cross the Serve hops

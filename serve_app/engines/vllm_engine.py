@@ -99,11 +99,6 @@ class VLLMEngine:
             # apart from the replica. A deployment's runtime_env may set it to "1" to opt out.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(self._argv)
-        # Requests waiting in the engine run by priority (lower first), arrival within one:
-        # batch jobs send theirs at BATCH_PRIORITY, so online requests go ahead of a batch's
-        # queue (serve_app/config.py LLMConfig.schedules_by_priority). engine_kwargs may say
-        # scheduling_policy: fcfs.
-        args.scheduling_policy = "priority"
         for key, value in self._engine_kwargs.items():
             if not hasattr(args, key):
                 raise ValueError(f"unknown vLLM engine argument {key!r} in engine_kwargs")
