@@ -6,6 +6,11 @@ Defaults: 1,000 replicas x 16 adapter slots, 100,000 adapters with Zipf(1.1) pop
 Prints loads, latency, load balance (requests and busy slot-seconds per replica, max/mean) and
 the policy's decision time, and writes them to ``--out`` as JSON. ``--before DIR`` adds the
 policy of another checkout (e.g. the main branch) as router ``before``, on the same trace.
+
+Replicas evict lru (as Ray Serve's multiplexing does, and the pool by default); a router named
+with ``-lfu`` (``ours-lfu``, ``builtin-lfu``) runs over replicas with the pool's frequency-aware
+eviction instead. ``--warmup N`` runs the first N requests uncounted, to measure a full fleet
+(steady state) rather than one still filling.
 """
 
 import argparse
@@ -42,29 +47,34 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=0, help="closed loop with N clients (0: open)")
     p.add_argument("--k", type=int, default=4, help="requests served at once per replica")
     p.add_argument("--max-ongoing", type=int, default=8)
-    p.add_argument("--eviction", choices=["lru", "lfu"], default="lru")
-    p.add_argument("--routers", default="ours,builtin,pow2")
+    p.add_argument("--warmup", type=int, default=0, help="requests run first, not counted")
+    p.add_argument("--routers", default="ours,ours-lfu,builtin,pow2")
     p.add_argument("--before", default="", help="checkout whose policy runs as router 'before'")
     p.add_argument("--knobs", default="{}", help="JSON dict of policy.Knobs fields (ours)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="simulate-results.json")
     a = p.parse_args()
 
-    trace = zipf_sample(np.random.default_rng(a.seed), a.adapters, a.zipf, a.requests)
-    bound = belady_loads([int(x) for x in trace], a.replicas * a.slots)
-    balanced = balanced_loads(trace, a.replicas, 1.3)
-    print(
+    trace = zipf_sample(np.random.default_rng(a.seed), a.adapters, a.zipf, a.warmup + a.requests)
+    head = (
         f"{a.replicas} replicas x {a.slots} slots, {a.adapters} adapters Zipf({a.zipf}), "
-        f"{a.requests} requests at {a.util:.0%} load, eviction {a.eviction}; "
-        f"Belady bound {bound} loads; max/mean <= 1.3 needs >= {balanced} loads"
+        f"{a.requests} requests at {a.util:.0%} load"
     )
+    bound = balanced = None
+    if a.warmup:  # NOTE: both bounds assume an empty fleet at the first counted request
+        print(f"{head} after {a.warmup} uncounted (a full fleet)")
+    else:
+        bound = belady_loads([int(x) for x in trace], a.replicas * a.slots)
+        balanced = balanced_loads(trace, a.replicas, 1.3)
+        print(f"{head}; Belady bound {bound} loads; max/mean <= 1.3 needs >= {balanced} loads")
     print(
-        f"{'router':8} {'loads':>7} {'/1k':>6} {'p50 s':>7} {'p99 s':>7} {'max/mean':>8} "
+        f"{'router':11} {'loads':>7} {'/1k':>6} {'p50 s':>7} {'p99 s':>7} {'max/mean':>8} "
         f"{'busy m/m':>8} {'req/s':>8} {'decide us':>9} {'wall s':>6}"
     )
     routers = a.routers.split(",") + (["before"] if a.before else [])
     rows = []
-    for router in routers:
+    for name in routers:
+        router, lfu = name.removesuffix("-lfu"), name.endswith("-lfu")
         r = simulate(
             router,
             replicas=a.replicas,
@@ -74,17 +84,29 @@ def main() -> None:
             max_ongoing=a.max_ongoing,
             util=a.util,
             clients=a.clients,
-            eviction=a.eviction,
+            eviction="lfu" if lfu else "lru",
             knobs=None if router == "before" else Knobs(**json.loads(a.knobs)),
             seed=a.seed,
             fleet_cls=_fleet_from(a.before) if router == "before" else Fleet,
+            warmup=a.warmup,
         )
+        r.router = name
         rows.append(r.row())
         print(
-            f"{router:8} {r.loads:7d} {1000 * r.loads / r.requests:6.1f} {r.p50:7.3f} "
+            f"{name:11} {r.loads:7d} {1000 * r.loads / r.requests:6.1f} {r.p50:7.3f} "
             f"{r.p99:7.3f} {r.max_over_mean:8.2f} {r.busy_max_over_mean:8.2f} "
             f"{r.throughput:8.1f} {r.decision_us:9.1f} {r.wall_s:6.1f}"
             + (f"  {r.kinds}" if r.kinds else "")
+        )
+    base = next((r for r in rows if r["router"] == "builtin"), None)
+    if base:
+        print(
+            "vs builtin (loads, p99): "
+            + ", ".join(
+                f"{r['router']} {r['loads'] / base['loads']:.2f}x {r['p99'] / base['p99']:.2f}x"
+                for r in rows
+                if r is not base
+            )
         )
     with open(a.out, "w") as f:
         json.dump(

@@ -15,6 +15,13 @@ the fleet's service capacity, or are sent by ``clients`` closed-loop clients. Ro
   fewest adapters; once every working set is full that is all of them, so sampling is the same.)
 - ``pow2``: least loaded of two random replicas with room; no adapter affinity.
 
+``eviction`` is the replicas' working-set policy: lru (Ray Serve's multiplexing evicts that way,
+an ``OrderedDict`` per replica) or lfu (the pool's frequency-aware option).
+
+``warmup``: the first requests of the trace run but are not counted (loads, latency, balance), so
+a long trace can be measured at steady state: a fleet of 16,000 slots over 100,000 adapters is
+still filling after 200,000 requests, when most loads are first loads any router pays.
+
 A request no replica accepts waits in the router queue; up to 64 waiting requests are retried,
 oldest first, whenever a replica finishes one. Times are seconds of simulated time.
 
@@ -121,8 +128,10 @@ def simulate(
     knobs: Knobs | None = None,
     seed: int = 0,
     fleet_cls: type = Fleet,
+    warmup: int = 0,
 ) -> Result:
-    """Run one router over the adapter ids in ``adapters`` (one request each, in order)."""
+    """Run one router over the adapter ids in ``adapters`` (one request each, in order); the first
+    ``warmup`` requests are not counted."""
     rng = random.Random(seed)
     reps = [_Replica(f"r{i:04d}", AdapterCache(slots, policy=eviction)) for i in range(replicas)]
     ours = router in ("ours", "before")
@@ -195,13 +204,14 @@ def simulate(
                 by_adapter.get(v, set()).discard(r)
                 r.last_used.pop(v, None)
             by_adapter.setdefault(a, set()).add(r)
-            r.loads += 1
+            r.loads += i >= warmup
             r.loading[a] = now + load_t
             heapq.heappush(events, (now + load_t, seq, "loaded", (r, a)))
             seq += 1
             done = now + load_t + service_t
         r.cache.acquire(a)
-        r.busy += done - now
+        if i >= warmup:
+            r.busy += done - now
         heapq.heappush(events, (done, seq, "done", (r, i)))
         seq += 1
 
@@ -247,11 +257,12 @@ def simulate(
         else:
             r, i = payload
             r.running -= 1
-            r.served += 1
             r.cache.release(names[i])
             if ours:
                 fleet.finished(r.id, (names[i],))
-            latency.append(now - arrival[i])
+            if i >= warmup:
+                r.served += 1
+                latency.append(now - arrival[i])
             if clients and next_i < len(names):
                 heapq.heappush(events, (now, seq, "arrive", next_i))
                 seq += 1
@@ -272,7 +283,7 @@ def simulate(
     busy = np.array([r.busy for r in reps])
     return Result(
         router=router,
-        requests=len(names),
+        requests=len(names) - warmup,
         loads=sum(r.loads for r in reps),
         mean_latency=float(lat.mean()),
         p50=float(np.percentile(lat, 50)),
