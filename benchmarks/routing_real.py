@@ -67,14 +67,21 @@ async def replay(url: str, trace: list[str], concurrency: int, max_tokens: int) 
     return {"req_per_s": len(trace) / wall, "p50_s": q(0.5), "p99_s": q(0.99)}
 
 
-def replica_counts(log_dir: Path) -> tuple[int, list[int]]:
-    """(adapter loads, requests per replica) from the LLM replicas' Serve log files."""
-    loads, per_replica = 0, []
+def replica_counts(log_dir: Path) -> tuple[int, list[int], dict[str, int], dict[str, int]]:
+    """(adapter loads, requests per replica, loads per adapter, routing decisions per kind) from
+    the Serve log files: the LLM replicas' pools and the ingress's router (ours logs every
+    decision; Serve's built-in router logs none)."""
+    loads, per_replica, per_adapter, kinds = 0, [], {}, {}
     for f in sorted(log_dir.glob("replica_loraserve_llm_*.log")):
         text = f.read_text(errors="replace")
-        loads += len(re.findall(r"adapter \S+: loading -> ready", text))
+        for name in re.findall(r"adapter (\S+): loading -> ready", text):
+            loads += 1
+            per_adapter[name] = per_adapter.get(name, 0) + 1
         per_replica.append(len(re.findall(r"CALL (?:complete|generate) OK", text)))
-    return loads, per_replica
+    for f in log_dir.glob("*.log"):
+        for kind in re.findall(r"adapter router: .* -> replica \S+ \((\w+),", f.read_text()):
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return loads, per_replica, dict(sorted(per_adapter.items())), kinds
 
 
 def run_one(
@@ -109,6 +116,7 @@ def run_one(
                 "deployment": {
                     "num_replicas": args.replicas,
                     "router": router,
+                    **({"router_knobs": json.loads(args.knobs)} if router != "builtin" else {}),
                     "max_ongoing_requests": args.capacity,
                     "ray_actor_options": {"num_cpus": 0.5},
                 },
@@ -123,7 +131,7 @@ def run_one(
     trace = zipf_trace(args.requests, list(adapters), args.zipf)
     res = asyncio.run(replay(url, trace, args.concurrency, args.max_tokens))
     time.sleep(2)  # let the replicas flush their logs
-    loads, per_replica = replica_counts(log_dir)
+    loads, per_replica, per_adapter, kinds = replica_counts(log_dir)
     serve.shutdown()
     ray.shutdown()
     mean = sum(per_replica) / max(1, len(per_replica))
@@ -133,6 +141,8 @@ def run_one(
         "loads_per_1000": 1000 * loads / len(trace),
         "requests_per_replica": per_replica,
         "max_over_mean": max(per_replica) / mean if mean else 0.0,
+        "loads_per_adapter": per_adapter,
+        "decisions": kinds,
     }
 
 
@@ -153,6 +163,8 @@ def main() -> None:
     p.add_argument(
         "--lfu", action="store_true", help="also ours with the pool's frequency-aware eviction"
     )
+    p.add_argument("--knobs", default="{}", help="JSON dict of policy.Knobs fields (ours)")
+    p.add_argument("--runs", default="", help="comma-separated runs (default: ours, built-in)")
     args = p.parse_args()
     args.out = out_path(args.out, args.model)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -174,6 +186,7 @@ def main() -> None:
             sources["s3_endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
         results = {}
         runs = ["adapter_aware", "builtin"] + ["adapter_aware-lfu"] * args.lfu
+        runs = args.runs.split(",") if args.runs else runs
         for run in runs:
             router, _, eviction = run.partition("-")
             if args.s3:  # each router starts with an empty disk cache, as a fresh node would
@@ -185,11 +198,12 @@ def main() -> None:
                 f"{run:18s} loads/1000 {r['loads_per_1000']:6.1f}"
                 f"  p50 {r['p50_s'] * 1000:6.0f} ms  p99 {r['p99_s'] * 1000:6.0f} ms"
                 f"  {r['req_per_s']:5.2f} req/s  "
-                f"per replica {r['requests_per_replica']} (max/mean {r['max_over_mean']:.2f})",
+                f"per replica {r['requests_per_replica']} (max/mean {r['max_over_mean']:.2f})"
+                f"  loads per adapter {r['loads_per_adapter']}  decisions {r['decisions']}",
                 flush=True,
             )
-    b = results["builtin"]
-    for run in (r for r in runs if r != "builtin"):
+    b = results.get("builtin")
+    for run in (r for r in runs if r != "builtin" and b):
         a = results[run]
         print(
             f"ratios {run}/built-in: loads {a['loads'] / max(1, b['loads']):.2f}x  "

@@ -9,6 +9,12 @@ loads per 1,000 requests (the replicas' own "-> ready" log lines, warming includ
 client latency, dropped requests (no 200 within ``--timeout-s``) and replica-seconds (running
 replicas integrated from the first request to ``--tail-s`` after the last answer). Writes JSON
 to ``--out``. Run it under the shared lock: it starts Ray.
+
+``--model smollm2 --rank 64`` serves SmolLM2-135M with copies of a rank-64 all-linear adapter
+(78 MB), so that a load costs about what a request does, as on GPUs. Each replica runs torch on
+one thread (Ray's ``OMP_NUM_THREADS`` for a fractional CPU): on this 2-core machine
+``--max-replicas 2`` gives every replica a core of its own, so scaling out adds compute as a new
+node would, not only adapter slots.
 """
 
 import argparse
@@ -23,8 +29,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.adapter_copies import make_adapter_copies
-from benchmarks.text_model import text_assets
+from benchmarks.adapter_copies import make_adapter_copies, make_large_template
+from benchmarks.text_model import MODELS, out_path, text_assets
 
 RATES = "1,2,3,4,6,6,4,3,2,1"  # requests/s, one per phase
 APP = "loraserve"
@@ -114,6 +120,7 @@ def run_one(policy: str, args, adapters: dict, demo: dict, base: str, events) ->
                 "dtype": "float32",
                 "max_model_len": 256,
                 "max_loras": args.slots,
+                "max_lora_rank": max(16, args.rank),
                 "adapters": [{"name": n, "source": p} for n, p in adapters.items()],
                 "deployment": deployment,
             }
@@ -181,11 +188,18 @@ def main() -> None:
     p.add_argument("--policies", default="default,adapter_aware")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapter-dir", default="results/autoscale-adapters")
+    p.add_argument("--model", default="tiny", choices=MODELS, help="text base (see text_model)")
+    p.add_argument("--rank", type=int, default=0, help="rank-R all-linear adapters (0: demo's)")
     p.add_argument("--out", default="results/autoscale_real.json")
     a = p.parse_args()
+    a.out = out_path(a.out, a.model)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    base, demo = text_assets("tiny")
-    adapters = make_adapter_copies(demo["adapters"]["pirate"], a.adapters, Path(a.adapter_dir))
+    base, demo = text_assets(a.model)
+    root = Path(a.adapter_dir).resolve()
+    template = demo["adapters"]["pirate"]
+    if a.rank:
+        template = make_large_template(demo["base"], base, root, a.rank)
+    adapters = make_adapter_copies(template, a.adapters, root / f"{a.model}-r{a.rank}")
     rates = [float(x) for x in a.rates.split(",")]
     events = trace(rates, a.phase_s, list(adapters), a.zipf, a.seed)
     print(
