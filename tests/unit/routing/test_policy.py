@@ -274,6 +274,23 @@ def test_upsert_tracks_loads_and_evictions():
     assert fleet.decide(req("a")).ids[0] == "r1"
 
 
+def test_a_report_taken_while_a_load_starts_does_not_bring_its_victim_back():
+    # r0 holds a and b (2 slots) and starts loading c: its pool evicts b, its idle first victim,
+    # when the load finishes. A report taken in between lists b resident; a request for b must
+    # not go there as a hit (it would load b again and evict a, busy a moment ago).
+    fleet = Fleet()
+    fleet.set_replicas([r("r0", ["a", "b"], victims=(("b", NOW - 5),)), r("r1", ["x"], slots=4)])
+    fleet.started("r0", ["a"])
+    fleet.upsert(r("r0", ["a", "b"], loading=["c"], victims=(("b", NOW - 5), ("a", NOW))))
+    assert fleet.holders("b") == set() and fleet.holders("a") == fleet.holders("c") == {"r0"}
+    assert fleet.decide(req("b")).kinds.get("r0") != "hit"
+    # With b busy here and a idle, the pool evicts a instead.
+    fleet.finished("r0", ["a"])
+    fleet.started("r0", ["b"])
+    fleet.upsert(r("r0", ["a", "b"], loading=["c"], victims=(("b", NOW - 5), ("a", NOW))))
+    assert fleet.holders("a") == set() and fleet.holders("b") == {"r0"}
+
+
 def test_placing_uses_free_slots_then_victims():
     v = r("r0", ["a"], slots=2, victims=(("a", 1.0),))
     assert with_placed(v, {"b"}, ["a"]).victims == v.victims  # a free slot took it
