@@ -346,8 +346,7 @@ class Fleet:
         more adapters held and loading than its slots evicts its first idle victims (those this
         router has no request in flight for first) when the loads finish. The report is true when
         taken, but a request sent there as a hit for a doomed adapter would load it again,
-        evicting whatever is idle then: a hot adapter, seen on the real app (routing_real) as
-        the hottest adapter loaded 6-9 times in 360 requests."""
+        evicting whatever is idle then (in routing_real's logs, the hottest adapter)."""
         over = len(view.resident | view.loading) - view.slots if view.slots else 0
         if over <= 0:
             return view
