@@ -117,7 +117,7 @@ def run_one(
                     "num_replicas": args.replicas,
                     "router": router,
                     **({"router_knobs": json.loads(args.knobs)} if router != "builtin" else {}),
-                    "max_ongoing_requests": args.capacity,
+                    **({"max_ongoing_requests": args.capacity} if args.capacity else {}),
                     "ray_actor_options": {"num_cpus": 0.5},
                 },
             }
@@ -153,7 +153,9 @@ def main() -> None:
     p.add_argument("--adapters", type=int, default=8)
     p.add_argument("--requests", type=int, default=240)
     p.add_argument("--concurrency", type=int, default=6)
-    p.add_argument("--capacity", type=int, default=4, help="max_ongoing_requests per replica")
+    p.add_argument(
+        "--capacity", type=int, default=4, help="max_ongoing_requests per replica (0: the app's)"
+    )
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--zipf", type=float, default=1.0)
     p.add_argument("--out", default="results/routing_real.json")
