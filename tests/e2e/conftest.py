@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.ports import free_port
+from tests.ray_start import init_ray
 
 ADMIN_TOKEN = "e2e-admin-token"
 BASE = "tiny-llama"
@@ -82,7 +83,7 @@ def app_url(demo_assets: dict, metrics_port: int, tmp_path_factory) -> str:
     # The dashboard takes job submissions (tests/e2e/test_batch_job.py); jobs run `python` from
     # the cluster's PATH: the venv's first, as `make run` does.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    ctx = ray.init(
+    ctx = init_ray(
         num_cpus=4,
         include_dashboard=True,
         dashboard_host="127.0.0.1",

@@ -26,6 +26,7 @@ from serve_app.config import DeploymentOptions, ImageConfig
 from serve_app.demo.image_assets import build_image_assets
 from serve_app.image_api import parse_image_request
 from tests.ports import free_port
+from tests.ray_start import init_ray
 
 PROMPT = "sushi rolls shaped like kawaii cat faces"
 SIZE = 32
@@ -115,7 +116,7 @@ def serve_handles(assets):
 
     from serve_app.deployments.image import ImageDeployment
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     roots = [assets["root"], assets["demo_root"]]
     sources = {"allowed_roots": roots, "cache_dir": f"{assets['root']}/cache"}

@@ -17,6 +17,7 @@ from serve_app.deployments.llm import LLMDeployment
 from serve_app.request_errors import EngineError
 from tests.bad_adapters import build_bad_adapters
 from tests.fake_engine import fake_engine
+from tests.ray_start import init_ray
 
 BASE = "tiny-llama"
 
@@ -37,7 +38,7 @@ def demo(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def llm(demo, tmp_path_factory):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(proxy_location="Disabled")
     cfg = {"name": BASE, "model": demo["base"], "max_loras": 2, "max_cpu_loras": 2}
     sources = {

@@ -18,6 +18,7 @@ from serve_app.routing.serve_internals import (
     request_router_of,
 )
 from serve_app.routing.simulated import PoolReplica
+from tests.ray_start import init_ray
 
 APP = "routing-it"
 ARGS = dict(slots=2, k=1, load_s=0.2, service_s=0.05, eviction="lru")
@@ -34,7 +35,7 @@ def _deploy(replicas: int):
 
 @pytest.fixture(scope="module")
 def handle():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(proxy_location="Disabled")
     try:
         yield _deploy(3)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.ports import free_port
+from tests.ray_start import init_ray
 
 TOKEN = "faults-admin-token"
 BASE, REF = "tiny-llama", "tiny-llama-ref"
@@ -201,7 +202,7 @@ def app(demo_assets, tmp_path_factory, proxy):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     state, work = tmp_path_factory.mktemp("state"), tmp_path_factory.mktemp("src")
     app = App(demo_assets, state, work, port, proxy.url)
