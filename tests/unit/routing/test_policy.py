@@ -291,6 +291,20 @@ def test_a_report_taken_while_a_load_starts_does_not_bring_its_victim_back():
     assert fleet.holders("a") == set() and fleet.holders("b") == {"r0"}
 
 
+def test_a_finished_request_ends_its_adapters_load_in_the_routers_view():
+    # r0 loads poet for a request (1 of 2 slots used); r1 is full and loading nothing. Once that
+    # request finished, poet is resident on r0 even before r0 reports it, so the next cold
+    # adapter takes r0's free slot instead of evicting on r1.
+    fleet = Fleet()
+    full = r("r1", ["sql", "chef"], victims=(("sql", NOW - 5), ("chef", NOW - 3)))
+    fleet.set_replicas([r("r0", loading=["poet"]), full])
+    assert fleet.decide(req("pirate")).ids[0] == "r1"  # r0 is busy loading
+    fleet.started("r0", ["poet"])
+    fleet.finished("r0", ["poet"])
+    assert fleet.view("r0").resident == {"poet"} and not fleet.view("r0").loading
+    assert fleet.decide(req("pirate")).ids[0] == "r0"
+
+
 def test_placing_uses_free_slots_then_victims():
     v = r("r0", ["a"], slots=2, victims=(("a", 1.0),))
     assert with_placed(v, {"b"}, ["a"]).victims == v.victims  # a free slot took it
