@@ -188,10 +188,14 @@ def with_placed(view: ReplicaView, adapters: set[str], evictable: Sequence[str])
     gone = set(evictable[: max(0, len(new) - free)])
     # NOTE: the victims go now, not when the replica reports it: until then a request for one
     # would be sent here as a hit and load it again.
+    return replace(_without(view, gone), loading=view.loading | new)
+
+
+def _without(view: ReplicaView, gone: set[str]) -> ReplicaView:
+    """``view`` with the adapters ``gone`` evicted: no longer resident, nor victims."""
     return replace(
         view,
         resident=view.resident - gone,
-        loading=view.loading | new,
         victims=tuple(v for v in view.victims if v[0] not in gone),
     )
 
@@ -353,12 +357,7 @@ class Fleet:
         busy = self._in_use.get(view.id, {})
         order = [a for a, _ in view.victims if a in view.resident]
         order = [a for a in order if a not in busy] + [a for a in order if a in busy]
-        gone = set(order[:over])
-        return replace(
-            view,
-            resident=view.resident - gone,
-            victims=tuple(v for v in view.victims if v[0] not in gone),
-        )
+        return _without(view, set(order[:over]))
 
     def place(self, replica_id: str, adapters: Iterable[str]) -> None:
         """Record that ``adapters`` were just sent to ``replica_id``: they count as loading there
