@@ -6,9 +6,10 @@ replicas of the tiny demo model, real adapters, the same seeded Zipf trace, one 
 
 ``--rank R`` serves copies of a rank-R adapter over every linear layer instead of the small demo
 adapter, and ``--s3`` fetches them from a local S3 server (moto) through the app's S3 source, so
-that a cold load costs a download plus a large ``add_lora``, as on a real deployment. ``--lfu``
-adds a third run: ours with the pool's frequency-aware eviction (``eviction: lfu``); the built-in
-router always runs with the pool's default (lru), as Ray's own multiplexing evicts.
+that a cold load costs a download plus a large ``add_lora``, as on a real deployment. Runs are
+named ``router[-eviction]`` (``--runs``): ours runs with the app's default eviction (lfu) unless
+named ``adapter_aware-lru``; the built-in router runs over lru replicas unless named
+``builtin-lfu``, as Ray's own multiplexing evicts.
 
 Counts adapter loads from the replicas' own logs (the pool logs every "-> ready"), requests per
 replica from Serve's access log lines, and latency at the client. Prints ours/built-in ratios.
@@ -110,7 +111,7 @@ def run_one(
                 "max_loras": args.slots,
                 "max_cpu_loras": args.slots,
                 "max_lora_rank": max(16, args.rank),
-                "eviction": eviction,
+                **({"eviction": eviction} if eviction else {}),
                 "engine_kwargs": {"enforce_eager": True},
                 "adapters": [{"name": n, "source": p} for n, p in adapters.items()],
                 "deployment": {
@@ -162,11 +163,12 @@ def main() -> None:
     p.add_argument("--model", default="tiny", choices=MODELS, help="text base (see text_model)")
     p.add_argument("--rank", type=int, default=0, help="rank-R all-linear adapters (0: demo's)")
     p.add_argument("--s3", action="store_true", help="fetch the adapters from a local S3 server")
-    p.add_argument(
-        "--lfu", action="store_true", help="also ours with the pool's frequency-aware eviction"
-    )
     p.add_argument("--knobs", default="{}", help="JSON dict of policy.Knobs fields (ours)")
-    p.add_argument("--runs", default="", help="comma-separated runs (default: ours, built-in)")
+    p.add_argument(
+        "--runs",
+        default="adapter_aware,builtin",
+        help="comma-separated router[-lru|-lfu] (ours: the app's eviction; builtin: lru)",
+    )
     args = p.parse_args()
     args.out = out_path(args.out, args.model)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -187,15 +189,14 @@ def main() -> None:
             adapters = {n: f"{uri}/{n}" for n in adapters}
             sources["s3_endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
         results = {}
-        runs = ["adapter_aware", "builtin"] + ["adapter_aware-lfu"] * args.lfu
-        runs = args.runs.split(",") if args.runs else runs
+        runs = args.runs.split(",")
         for run in runs:
             router, _, eviction = run.partition("-")
             if args.s3:  # each router starts with an empty disk cache, as a fresh node would
                 sources["cache_dir"] = tempfile.mkdtemp(prefix=f"routing-{run}-")
-            results[run] = r = run_one(
-                router, args, adapters, demo, root, sources, eviction or "lru"
-            )
+            if router == "builtin":
+                eviction = eviction or "lru"  # as Ray Serve's multiplexing evicts
+            results[run] = r = run_one(router, args, adapters, demo, root, sources, eviction)
             print(
                 f"{run:18s} loads/1000 {r['loads_per_1000']:6.1f}"
                 f"  p50 {r['p50_s'] * 1000:6.0f} ms  p99 {r['p99_s'] * 1000:6.0f} ms"

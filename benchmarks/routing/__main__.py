@@ -25,7 +25,7 @@ if __name__ == "__main__":
     p.add_argument("--knobs", default=d.knobs, help="JSON of policy.Knobs fields (ours)")
     p.add_argument("--max-backoff-s", type=float, default=d.max_backoff_s)
     p.add_argument("--traces", default="", help="subset: zipf,rotate,hot,hot-2,burst")
-    p.add_argument("--routers", default="", help="subset: ours,ours-lfu,builtin,pow2")
+    p.add_argument("--routers", default="", help="subset: ours,ours-lru,builtin,pow2")
     p.add_argument("--out", default="routing-results.json")
     a = p.parse_args()
     setup = Setup(

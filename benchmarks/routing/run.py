@@ -1,7 +1,8 @@
 """Run every router on every trace on real Ray Serve, print a table and write JSON.
 
-Routers: ``ours`` (``AdapterAwareRouter`` + ``AdapterPool`` with lru, and ``ours-lfu`` with the
-pool's frequency-aware eviction on the Zipf, rotating and hot traces), ``builtin`` (Ray Serve's
+Routers: ``ours`` (``AdapterAwareRouter`` + ``AdapterPool`` with the app's default, frequency-aware
+eviction lfu, and ``ours-lru`` with lru, as the built-in's replicas, on the Zipf, rotating and hot
+traces), ``builtin`` (Ray Serve's
 ``@serve.multiplexed`` replicas and its default multiplex routing), ``pow2`` (the pool replicas
 under Ray's power-of-two routing with no adapter id, so no affinity).
 """
@@ -91,10 +92,10 @@ async def _drive(handle, trace: Trace, by_id: bool) -> tuple[list[float], list[d
 
 
 def run_one(trace: Trace, router: str, s: Setup) -> Row:
-    eviction = "lfu" if router == "ours-lfu" else "lru"
+    eviction = "lru" if router in ("ours-lru", "builtin", "pow2") else "lfu"
     name = f"bench-{trace.name}-{router}"
     s = replace(s, max_ongoing=trace.max_ongoing or s.max_ongoing)
-    handle = serve.run(_app(router.removesuffix("-lfu"), s, eviction), name=name, route_prefix=None)
+    handle = serve.run(_app(router.removesuffix("-lru"), s, eviction), name=name, route_prefix=None)
     try:
         lat, replies, wall = asyncio.run(_drive(handle, trace, by_id=router != "pow2"))
         routing = _router_counts(handle)
@@ -160,7 +161,7 @@ def run_all(
             continue
         routers = ["ours", "builtin", "pow2"]
         if trace.name in ("zipf", "rotate", "hot", "hot-2"):
-            routers.insert(1, "ours-lfu")
+            routers.insert(1, "ours-lru")
         routers = [r for r in routers if not routers_filter or r in routers_filter]
         print(f"\n== {trace.name}: {trace.note} ({len(trace.adapters)} requests)", flush=True)
         base = None

@@ -7,9 +7,10 @@ Prints loads, latency, load balance (requests and busy slot-seconds per replica,
 the policy's decision time, and writes them to ``--out`` as JSON. ``--before DIR`` adds the
 policy of another checkout (e.g. the main branch) as router ``before``, on the same trace.
 
-Replicas evict lru (as Ray Serve's multiplexing does, and the pool by default); a router named
-with ``-lfu`` (``ours-lfu``, ``builtin-lfu``) runs over replicas with the pool's frequency-aware
-eviction instead. ``--warmup N`` runs the first N requests uncounted, to measure a full fleet
+Routers are named ``router[-lru|-lfu]``, the suffix naming the replicas' eviction: ``ours`` (and
+``before``) runs over the app's default, the pool's frequency-aware ``lfu``; ``builtin`` and
+``pow2`` over lru, as Ray Serve's multiplexing evicts; ``ours-lru`` and ``builtin-lfu`` are the
+equalised rows. ``--warmup N`` runs the first N requests uncounted, to measure a full fleet
 (steady state) rather than one still filling.
 """
 
@@ -48,7 +49,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=4, help="requests served at once per replica")
     p.add_argument("--max-ongoing", type=int, default=8)
     p.add_argument("--warmup", type=int, default=0, help="requests run first, not counted")
-    p.add_argument("--routers", default="ours,ours-lfu,builtin,pow2")
+    p.add_argument("--routers", default="ours,ours-lru,builtin,builtin-lfu,pow2")
     p.add_argument("--before", default="", help="checkout whose policy runs as router 'before'")
     p.add_argument("--knobs", default="{}", help="JSON dict of policy.Knobs fields (ours)")
     p.add_argument("--seed", type=int, default=0)
@@ -74,7 +75,8 @@ def main() -> None:
     routers = a.routers.split(",") + (["before"] if a.before else [])
     rows = []
     for name in routers:
-        router, lfu = name.removesuffix("-lfu"), name.endswith("-lfu")
+        router, _, eviction = name.partition("-")
+        eviction = eviction or ("lfu" if router in ("ours", "before") else "lru")
         r = simulate(
             router,
             replicas=a.replicas,
@@ -84,7 +86,7 @@ def main() -> None:
             max_ongoing=a.max_ongoing,
             util=a.util,
             clients=a.clients,
-            eviction="lfu" if lfu else "lru",
+            eviction=eviction,
             knobs=None if router == "before" else Knobs(**json.loads(a.knobs)),
             seed=a.seed,
             fleet_cls=_fleet_from(a.before) if router == "before" else Fleet,

@@ -16,7 +16,7 @@ the fleet's service capacity, or are sent by ``clients`` closed-loop clients. Ro
 - ``pow2``: least loaded of two random replicas with room; no adapter affinity.
 
 ``eviction`` is the replicas' working-set policy: lru (Ray Serve's multiplexing evicts that way,
-an ``OrderedDict`` per replica) or lfu (the pool's frequency-aware option).
+an ``OrderedDict`` per replica) or lfu (the pool's frequency-aware eviction, the app's default).
 
 ``warmup``: the first requests of the trace run but are not counted (loads, latency, balance), so
 a long trace can be measured at steady state: from an empty fleet most loads are an adapter's
