@@ -9,7 +9,9 @@ adapter, and ``--s3`` fetches them from a local S3 server (moto) through the app
 that a cold load costs a download plus a large ``add_lora``, as on a real deployment. Runs are
 named ``router[-eviction]`` (``--runs``): ours runs with the app's default eviction (lfu) unless
 named ``adapter_aware-lru``; the built-in router runs over lru replicas unless named
-``builtin-lfu``, as Ray's own multiplexing evicts.
+``builtin-lfu``, as Ray's own multiplexing evicts. ``--warmup N`` sends the first N requests of
+the trace uncounted (loads, latency, decisions): from an empty fleet the first seconds are every
+adapter's first fetch, which both routers pay, and on a few hundred requests they set the p99.
 
 Counts adapter loads from the replicas' own logs (the pool logs every "-> ready"), requests per
 replica from Serve's access log lines, and latency at the client. Prints ours/built-in ratios.
@@ -85,6 +87,18 @@ def replica_counts(log_dir: Path) -> tuple[int, list[int], dict[str, int], dict[
     return loads, per_replica, dict(sorted(per_adapter.items())), kinds
 
 
+def _minus(after: tuple, before: tuple) -> tuple:
+    """``replica_counts`` since ``before`` (the same replicas, in the same order)."""
+    counts = lambda a, b: {k: v - b.get(k, 0) for k, v in a.items() if v > b.get(k, 0)}  # noqa: E731
+    old = before[1] or [0] * len(after[1])
+    return (
+        after[0] - before[0],
+        [n - o for n, o in zip(after[1], old, strict=True)],
+        counts(after[2], before[2]),
+        counts(after[3], before[3]),
+    )
+
+
 def run_one(
     router: str, args, adapters: dict, demo: dict, root: Path, sources: dict, eviction: str
 ) -> dict:
@@ -129,10 +143,16 @@ def run_one(
     httpx.post(
         f"{url}/v1/completions", json={"model": BASE, "prompt": "hi", "max_tokens": 2}, timeout=300
     ).raise_for_status()
-    trace = zipf_trace(args.requests, list(adapters), args.zipf)
+    trace = zipf_trace(args.warmup + args.requests, list(adapters), args.zipf)
+    before = (0, [], {}, {})
+    if args.warmup:  # run, not counted: the fleet fills and every adapter is fetched once
+        asyncio.run(replay(url, trace[: args.warmup], args.concurrency, args.max_tokens))
+        time.sleep(2)  # let the replicas flush their logs
+        before = replica_counts(log_dir)
+    trace = trace[args.warmup :]
     res = asyncio.run(replay(url, trace, args.concurrency, args.max_tokens))
-    time.sleep(2)  # let the replicas flush their logs
-    loads, per_replica, per_adapter, kinds = replica_counts(log_dir)
+    time.sleep(2)
+    loads, per_replica, per_adapter, kinds = _minus(replica_counts(log_dir), before)
     serve.shutdown()
     ray.shutdown()
     mean = sum(per_replica) / max(1, len(per_replica))
@@ -153,6 +173,9 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=2, help="adapters resident per replica")
     p.add_argument("--adapters", type=int, default=8)
     p.add_argument("--requests", type=int, default=240)
+    p.add_argument(
+        "--warmup", type=int, default=0, help="requests sent first and not counted (same trace)"
+    )
     p.add_argument("--concurrency", type=int, default=6)
     p.add_argument(
         "--capacity", type=int, default=4, help="max_ongoing_requests per replica (0: the app's)"
