@@ -160,8 +160,8 @@ def test_burst_of_different_cold_adapters_spreads():
     assert sorted(placed) == sorted(IDS * 2)
 
 
-def hot_fleet(replicas, adapter="hot", share=1.0, n=40):
-    fleet = Fleet()
+def hot_fleet(replicas, adapter="hot", share=1.0, n=40, knobs=None):
+    fleet = Fleet(knobs)
     fleet.set_replicas(replicas)
     for i in range(n):
         fleet.observe(req(adapter if i < share * n else f"other{i}"))
@@ -197,12 +197,29 @@ def test_hot_adapter_holders_share_its_requests_by_load():
     assert fleet.decide(req("a")).ids[0] == "r1"
 
 
-def test_cold_adapter_waits_rather_than_evict_a_popular_one():
+ADMISSION = Knobs(admit_wait_s=0.05)
+
+
+def test_cold_adapter_evicts_the_least_popular_victim_at_once_by_default():
+    # Admission is off by default (the replicas' lfu picks their own least requested victim).
     replicas = [
         r("r0", ["p", "q"], victims=(("p", NOW - 1),)),
         r("r1", ["s", "t"], victims=(("s", NOW - 1),)),
     ]
     fleet = hot_fleet(replicas, "p", share=0.5)
+    for _ in range(5):
+        fleet.observe(req("s"))
+    assert fleet.waits[0] == 0.0
+    d = fleet.decide(req("new"))
+    assert d.ids == ["r1"] and d.kind == "cold"
+
+
+def test_cold_adapter_waits_rather_than_evict_a_popular_one():
+    replicas = [
+        r("r0", ["p", "q"], victims=(("p", NOW - 1),)),
+        r("r1", ["s", "t"], victims=(("s", NOW - 1),)),
+    ]
+    fleet = hot_fleet(replicas, "p", share=0.5, knobs=ADMISSION)
     for _ in range(20):
         fleet.observe(req("s"))
     assert fleet.decide(req("new")).ids == []  # both victims popular: wait (Ray backs off)
@@ -220,7 +237,7 @@ def test_cold_adapter_waits_as_long_as_a_load_costs():
         r("r0", ["p", "q"], victims=(("p", NOW - 1),)),
         r("r1", ["s", "t"], victims=(("s", NOW - 1),)),
     ]
-    fleet = hot_fleet([replace(v, load_s=4.0) for v in replicas], "p", share=0.5)
+    fleet = hot_fleet([replace(v, load_s=4.0) for v in replicas], "p", share=0.5, knobs=ADMISSION)
     for _ in range(20):
         fleet.observe(req("s"))
     assert fleet.waits == (4.0, 8.0)
@@ -228,7 +245,7 @@ def test_cold_adapter_waits_as_long_as_a_load_costs():
     assert fleet.decide(req("new", waited=4.0)).ids == ["r1"]
     fleet.upsert(replace(fleet.view("r0"), load_s=0.1))  # median of (0.1, 4.0): 2.05 s
     assert fleet.waits == (2.05, 4.1)
-    cheap = Fleet(Knobs(wait_per_load=0))  # off: the knobs as they are
+    cheap = Fleet(Knobs(admit_wait_s=0.05, wait_per_load=0))  # off: the knobs as they are
     cheap.set_replicas([replace(v, load_s=4.0) for v in replicas])
     assert cheap.waits == (cheap.knobs.admit_wait_s, cheap.knobs.max_wait_s)
 
