@@ -89,13 +89,16 @@ def replica_counts(log_dir: Path) -> tuple[int, list[int], dict[str, int], dict[
 
 def _minus(after: tuple, before: tuple) -> tuple:
     """``replica_counts`` since ``before`` (the same replicas, in the same order)."""
-    counts = lambda a, b: {k: v - b.get(k, 0) for k, v in a.items() if v > b.get(k, 0)}  # noqa: E731
+
+    def since(now: dict, then: dict) -> dict:
+        return {k: v - then.get(k, 0) for k, v in now.items() if v > then.get(k, 0)}
+
     old = before[1] or [0] * len(after[1])
     return (
         after[0] - before[0],
         [n - o for n, o in zip(after[1], old, strict=True)],
-        counts(after[2], before[2]),
-        counts(after[3], before[3]),
+        since(after[2], before[2]),
+        since(after[3], before[3]),
     )
 
 

@@ -1,10 +1,10 @@
 """Run every router on every trace on real Ray Serve, print a table and write JSON.
 
-Routers: ``ours`` (``AdapterAwareRouter`` + ``AdapterPool`` with the app's default, frequency-aware
-eviction lfu, and ``ours-lru`` with lru, as the built-in's replicas, on the Zipf, rotating and hot
-traces), ``builtin`` (Ray Serve's
-``@serve.multiplexed`` replicas and its default multiplex routing), ``pow2`` (the pool replicas
-under Ray's power-of-two routing with no adapter id, so no affinity).
+Routers: ``ours`` (``AdapterAwareRouter`` + ``AdapterPool`` with the app's default eviction, and
+``ours-lru`` with lru, as the built-in's replicas, on the Zipf, rotating and hot traces),
+``builtin`` (Ray Serve's ``@serve.multiplexed`` replicas and its default multiplex routing),
+``pow2`` (the pool replicas, lru, under Ray's power-of-two routing with no adapter id, so no
+affinity).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import ray
 from ray import serve
 
 from benchmarks.routing.traces import Trace, belady_loads, standard_traces
+from serve_app.config import DEFAULT_EVICTION
 from serve_app.routing.router import request_router_config
 from serve_app.routing.simulated import MuxReplica, PoolReplica
 
@@ -92,7 +93,7 @@ async def _drive(handle, trace: Trace, by_id: bool) -> tuple[list[float], list[d
 
 
 def run_one(trace: Trace, router: str, s: Setup) -> Row:
-    eviction = "lru" if router in ("ours-lru", "builtin", "pow2") else "lfu"
+    eviction = "lru" if router in ("ours-lru", "builtin", "pow2") else DEFAULT_EVICTION
     name = f"bench-{trace.name}-{router}"
     s = replace(s, max_ongoing=trace.max_ongoing or s.max_ongoing)
     handle = serve.run(_app(router.removesuffix("-lru"), s, eviction), name=name, route_prefix=None)

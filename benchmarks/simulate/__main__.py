@@ -24,6 +24,7 @@ import numpy as np
 
 from benchmarks.routing.traces import belady_loads
 from benchmarks.simulate.sim import balanced_loads, simulate, zipf_sample
+from serve_app.config import DEFAULT_EVICTION
 from serve_app.routing.policy import Fleet, Knobs
 
 
@@ -76,7 +77,7 @@ def main() -> None:
     rows = []
     for name in routers:
         router, _, eviction = name.partition("-")
-        eviction = eviction or ("lfu" if router in ("ours", "before") else "lru")
+        eviction = eviction or (DEFAULT_EVICTION if router in ("ours", "before") else "lru")
         r = simulate(
             router,
             replicas=a.replicas,

@@ -35,9 +35,8 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    Ray backs off and asks again) rather than evicting a popular adapter. Off by default: over the
    pool's default lfu eviction the replica itself evicts its least requested idle adapter, and
    waiting saved no loads (benchmarks/simulate at 100 replicas: 140.8 per 1,000 with it, 141.3
-   without) while
-   it added the wait, up to a load time, to cold requests (routing_real, 32 adapters: p99 2.25 s
-   with it, 1.66 s without). Over lru replicas it saves about 4% of loads there.
+   without) while it added the wait, up to a load time, to cold requests (routing_real, 32
+   adapters: p99 2.25 s with it, 1.66 s without). Over lru replicas it saves about 4% of loads.
    Whatever the wait, until ``max_wait_s`` a *guarded* replica is never eligible: one without a
    free slot that holds an adapter wanted by requests queued in this router (``waiting``) and
    held nowhere else, so evicting it would make them load it again (in a burst of cold
