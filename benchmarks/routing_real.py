@@ -12,9 +12,16 @@ named ``adapter_aware-lru``; the built-in router runs over lru replicas unless n
 ``builtin-lfu``, as Ray's own multiplexing evicts. ``--warmup N`` sends the first N requests of
 the trace uncounted (loads, latency, decisions): from an empty fleet the first seconds are every
 adapter's first fetch, which both routers pay, and on a few hundred requests they set the p99.
+``--prime`` first sends one uncounted request per adapter, so that no counted request is an
+adapter's first download (with 32 adapters, a warm-up of 120 requests leaves about ten of them
+to the counted window, the same ones for both routers, and they set its p99).
 
 Counts adapter loads from the replicas' own logs (the pool logs every "-> ready"), requests per
-replica from Serve's access log lines, and latency at the client. Prints ours/built-in ratios.
+replica from Serve's access log lines, and latency at the client, split into the requests that
+loaded their adapter and the others (each request carries its own ``x-request-id``, which Serve
+logs on every line it causes). Prints ours/built-in ratios; ``--rounds N`` runs the routers N
+times, interleaved, and prints the median ratio with each round's (on 2 shared cores one run's
+p99 and throughput move by 10-20% from run to run).
 """
 
 import argparse
@@ -25,8 +32,10 @@ import os
 import random
 import re
 import socket
+import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -44,10 +53,14 @@ def zipf_trace(n: int, names: list[str], s: float, seed: int = 11) -> list[str]:
 
 
 async def replay(url: str, trace: list[str], concurrency: int, max_tokens: int) -> dict:
+    """Send ``trace`` at ``concurrency``; throughput, p50/p99 latency and, per request id (the
+    ``x-request-id`` Serve logs on every line the request causes), its latency."""
     sem = asyncio.Semaphore(concurrency)
     lat: list[float] = []
+    by_id: dict[str, float] = {}
+    tag = uuid.uuid4().hex[:8]
 
-    async def one(client: httpx.AsyncClient, adapter: str) -> None:
+    async def one(client: httpx.AsyncClient, i: int, adapter: str) -> None:
         body = {
             "model": f"{BASE}:{adapter}",
             "prompt": "Hello",
@@ -55,19 +68,36 @@ async def replay(url: str, trace: list[str], concurrency: int, max_tokens: int) 
             "temperature": 0,
             "ignore_eos": True,
         }
+        rid = f"{tag}-{i}"
         async with sem:
             t = time.perf_counter()
-            resp = await client.post(f"{url}/v1/completions", json=body)
+            resp = await client.post(
+                f"{url}/v1/completions", json=body, headers={"x-request-id": rid}
+            )
             lat.append(time.perf_counter() - t)
+        by_id[rid] = lat[-1]
         resp.raise_for_status()
 
     async with httpx.AsyncClient(timeout=600) as client:
         start = time.perf_counter()
-        await asyncio.gather(*(one(client, a) for a in trace))
+        await asyncio.gather(*(one(client, i, a) for i, a in enumerate(trace)))
         wall = time.perf_counter() - start
-    lat.sort()
-    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
-    return {"req_per_s": len(trace) / wall, "p50_s": q(0.5), "p99_s": q(0.99)}
+    return {"req_per_s": len(trace) / wall, **quantiles(lat), "latency_by_id": by_id}
+
+
+def quantiles(lat: list[float]) -> dict:
+    lat = sorted(lat)
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else 0.0  # noqa: E731
+    return {"p50_s": q(0.5), "p99_s": q(0.99)}
+
+
+def cold_ids(log_dir: Path) -> set[str]:
+    """Ids of the requests that loaded their adapter (the pool logs "-> ready" under the id of
+    the request that started the load), from the LLM replicas' logs."""
+    ids: set[str] = set()
+    for f in log_dir.glob("replica_loraserve_llm_*.log"):
+        ids.update(re.findall(r" (\S+) -- adapter \S+: loading -> ready", f.read_text()))
+    return ids
 
 
 def replica_counts(log_dir: Path) -> tuple[int, list[int], dict[str, int], dict[str, int]]:
@@ -148,14 +178,23 @@ def run_one(
     ).raise_for_status()
     trace = zipf_trace(args.warmup + args.requests, list(adapters), args.zipf)
     before = (0, [], {}, {})
-    if args.warmup:  # run, not counted: the fleet fills and every adapter is fetched once
-        asyncio.run(replay(url, trace[: args.warmup], args.concurrency, args.max_tokens))
+    if args.prime:  # every adapter once, uncounted: each is in the node's disk cache after it
+        asyncio.run(replay(url, list(adapters), args.concurrency, args.max_tokens))
+    if args.warmup or args.prime:  # run, not counted: the fleet fills up
+        if args.warmup:
+            asyncio.run(replay(url, trace[: args.warmup], args.concurrency, args.max_tokens))
         time.sleep(2)  # let the replicas flush their logs
         before = replica_counts(log_dir)
     trace = trace[args.warmup :]
     res = asyncio.run(replay(url, trace, args.concurrency, args.max_tokens))
     time.sleep(2)
     loads, per_replica, per_adapter, kinds = _minus(replica_counts(log_dir), before)
+    by_id, cold = res.pop("latency_by_id"), cold_ids(log_dir)
+    split = {
+        "cold": quantiles([t for i, t in by_id.items() if i in cold]),
+        "hit": quantiles([t for i, t in by_id.items() if i not in cold]),
+        "cold_share": len(cold & by_id.keys()) / len(by_id),
+    }
     serve.shutdown()
     ray.shutdown()
     mean = sum(per_replica) / max(1, len(per_replica))
@@ -167,6 +206,7 @@ def run_one(
         "max_over_mean": max(per_replica) / mean if mean else 0.0,
         "loads_per_adapter": per_adapter,
         "decisions": kinds,
+        "latency_by_load": split,
     }
 
 
@@ -178,6 +218,18 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=240)
     p.add_argument(
         "--warmup", type=int, default=0, help="requests sent first and not counted (same trace)"
+    )
+    p.add_argument(
+        "--prime",
+        action="store_true",
+        help="first one uncounted request per adapter, so that each was fetched once (a node's "
+        "steady state: its disk cache holds them)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the routers this many times, interleaved; prints the median ratio",
     )
     p.add_argument("--concurrency", type=int, default=6)
     p.add_argument(
@@ -214,33 +266,61 @@ def main() -> None:
             uri = stack.enter_context(s3_adapters(adapters))
             adapters = {n: f"{uri}/{n}" for n in adapters}
             sources["s3_endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
-        results = {}
+        results: dict[str, list[dict]] = {}
         runs = args.runs.split(",")
-        for run in runs:
-            router, _, eviction = run.partition("-")
-            if args.s3:  # each router starts with an empty disk cache, as a fresh node would
-                sources["cache_dir"] = tempfile.mkdtemp(prefix=f"routing-{run}-")
-            if router == "builtin":
-                eviction = eviction or "lru"  # as Ray Serve's multiplexing evicts
-            results[run] = r = run_one(router, args, adapters, demo, root, sources, eviction)
-            print(
-                f"{run:18s} loads/1000 {r['loads_per_1000']:6.1f}"
-                f"  p50 {r['p50_s'] * 1000:6.0f} ms  p99 {r['p99_s'] * 1000:6.0f} ms"
-                f"  {r['req_per_s']:5.2f} req/s  "
-                f"per replica {r['requests_per_replica']} (max/mean {r['max_over_mean']:.2f})"
-                f"  loads per adapter {r['loads_per_adapter']}  decisions {r['decisions']}",
-                flush=True,
-            )
+        for n in range(args.rounds):  # interleaved, so a slow minute of the machine hits both
+            for run in runs:
+                router, _, eviction = run.partition("-")
+                if router == "builtin":
+                    eviction = eviction or "lru"  # as Ray Serve's multiplexing evicts
+                # Each run starts with an empty disk cache, as a fresh node would (removed after
+                # it: 32 adapters x 78 MB a run).
+                with tempfile.TemporaryDirectory(prefix=f"routing-{run}-") as cache:
+                    if args.s3:
+                        sources["cache_dir"] = cache
+                    r = run_one(router, args, adapters, demo, root, sources, eviction)
+                results.setdefault(run, []).append(r)
+                _print_run(f"{run} #{n + 1}" if args.rounds > 1 else run, r)
     b = results.get("builtin")
     for run in (r for r in runs if r != "builtin" and b):
-        a = results[run]
+        pairs = list(zip(results[run], b, strict=True))
+        ratios = {
+            "loads": [a["loads"] / max(1, o["loads"]) for a, o in pairs],
+            "p99": [a["p99_s"] / o["p99_s"] for a, o in pairs],
+            "throughput": [a["req_per_s"] / o["req_per_s"] for a, o in pairs],
+        }
         print(
-            f"ratios {run}/built-in: loads {a['loads'] / max(1, b['loads']):.2f}x  "
-            f"p99 {a['p99_s'] / b['p99_s']:.2f}x  "
-            f"throughput {a['req_per_s'] / b['req_per_s']:.2f}x"
+            f"ratios {run}/built-in"
+            + (f" (median of {args.rounds} rounds)" if args.rounds > 1 else "")
+            + ":  "
+            + "  ".join(
+                f"{k} {statistics.median(v):.2f}x"
+                + (f" [{', '.join(f'{x:.2f}' for x in v)}]" if args.rounds > 1 else "")
+                for k, v in ratios.items()
+            )
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), **results}, indent=2))
+    out = {run: rs[0] if args.rounds == 1 else rs for run, rs in results.items()}
+    Path(args.out).write_text(json.dumps({"args": vars(args), **out}, indent=2))
+
+
+def _print_run(name: str, r: dict) -> None:
+    print(
+        f"{name:18s} loads/1000 {r['loads_per_1000']:6.1f}"
+        f"  p50 {r['p50_s'] * 1000:6.0f} ms  p99 {r['p99_s'] * 1000:6.0f} ms"
+        f"  {r['req_per_s']:5.2f} req/s  "
+        f"per replica {r['requests_per_replica']} (max/mean {r['max_over_mean']:.2f})"
+        f"  loads per adapter {r['loads_per_adapter']}  decisions {r['decisions']}",
+        flush=True,
+    )
+    s = r["latency_by_load"]
+    print(
+        f"{'':18s} requests that loaded their adapter: {s['cold_share']:.0%}, p50 "
+        f"{s['cold']['p50_s'] * 1000:.0f} ms, p99 {s['cold']['p99_s'] * 1000:.0f} ms;"
+        f" the others p50 {s['hit']['p50_s'] * 1000:.0f} ms,"
+        f" p99 {s['hit']['p99_s'] * 1000:.0f} ms",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
