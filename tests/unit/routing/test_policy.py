@@ -422,6 +422,30 @@ def test_a_cold_adapter_goes_to_a_replica_not_already_loading_one():
     assert fleet.decide(req("new", waited=1.0)).ids == ["r0"]
 
 
+def test_a_replica_yet_to_report_its_slots_is_taken_to_have_its_peers():
+    # r1 reported 2 slots and is full; r0 has not reported its capacity yet and holds one
+    # adapter: it has a free slot like its peer would, so a cold adapter goes there.
+    fleet = Fleet()
+    fleet.set_replicas(
+        [r("r0", ["poet"], slots=0), r("r1", ["sql", "chef"], victims=(("sql", NOW - 1),))]
+    )
+    assert fleet.decide(req("pirate")).ids == ["r0"]
+
+
+def test_a_report_older_than_a_finished_load_does_not_count_it_as_loading():
+    fleet = Fleet()
+    fleet.set_replicas([r("r0"), r("r1", ["sql", "chef"], victims=(("sql", NOW - 1),))])
+    fleet.place("r0", ["poet"])
+    fleet.started("r0", ["poet"])
+    fleet.finished("r0", ["poet"])  # the load ended: the request ran
+    fleet.upsert(r("r0", loading=["poet"]))  # a report taken while it loaded, landing late
+    assert fleet.view("r0").resident == {"poet"} and not fleet.view("r0").loading
+    assert fleet.decide(req("pirate")).ids == ["r0"]  # loading nothing, a free slot
+    fleet.upsert(r("r0", ["poet"]))  # the replica confirms: nothing to remember any more
+    fleet.upsert(r("r0", loading=["poet"]))  # a new load of it (after an eviction) is a load
+    assert fleet.view("r0").loading == {"poet"}
+
+
 def sent(fleet, replica_id, n):
     """``n`` requests this router sent to ``replica_id`` (and that completed)."""
     for _ in range(n):
