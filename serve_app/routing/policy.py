@@ -267,8 +267,8 @@ class Fleet:
         self._victim_t = np.zeros(0)
         self._loading_n = np.zeros(0)  # adapters each replica is loading now
         self._slots_hint = 0  # the most slots any replica reported (see _free_slot)
-        # Adapters whose load this router saw end on each replica (a request for it finished)
-        # while the replica's last report still showed it loading: see upsert.
+        # Adapters whose load this router saw end on each replica (a request for it finished),
+        # until a report no longer shows them loading: see _without_ended.
         self._ended: dict[str, set[str]] = {}
         self._load_s = np.zeros(0)  # each replica's reported load time (0: none yet)
         self._waits = (self.knobs.admit_wait_s, self.knobs.max_wait_s)  # see _set_waits
