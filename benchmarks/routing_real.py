@@ -180,9 +180,9 @@ def run_one(
     before = (0, [], {}, {})
     if args.prime:  # every adapter once, uncounted: each is in the node's disk cache after it
         asyncio.run(replay(url, list(adapters), args.concurrency, args.max_tokens))
-    if args.warmup or args.prime:  # run, not counted: the fleet fills up
-        if args.warmup:
-            asyncio.run(replay(url, trace[: args.warmup], args.concurrency, args.max_tokens))
+    if args.warmup:  # uncounted: the fleet fills up
+        asyncio.run(replay(url, trace[: args.warmup], args.concurrency, args.max_tokens))
+    if args.prime or args.warmup:
         time.sleep(2)  # let the replicas flush their logs
         before = replica_counts(log_dir)
     trace = trace[args.warmup :]

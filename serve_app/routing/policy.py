@@ -328,7 +328,9 @@ class Fleet:
             self._used_since.pop(view.id, None)
             view = self._without_doomed(self._without_ended(view))
         i = self._index.get(view.id)
-        if i is None:
+        if i is None or view.slots > self._slots_hint:
+            # A new replica, or the first report of a capacity (every replica yet to report its
+            # own is taken to have it, see _free_slot): rebuild the arrays.
             self._views[view.id] = view
             self._rebuild()
             return
@@ -347,13 +349,6 @@ class Fleet:
         self._ongoing[i] = view.ongoing
         self._loading_n[i] = len(view.loading)
         self._cap[i] = max(1, view.max_ongoing)
-        if view.slots > self._slots_hint:  # the first report of a capacity: others may use it
-            self._slots_hint = view.slots
-            self._free_slot = np.array(
-                [_free_slot(v, self._slots_hint) for v in self._views.values()], dtype=bool
-            )
-            for j in range(len(self._ids)):
-                self._set_victim(j)
         self._free_slot[i] = _free_slot(view, self._slots_hint)
         if view.load_s != self._load_s[i]:
             self._load_s[i] = view.load_s
