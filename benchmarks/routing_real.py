@@ -14,7 +14,11 @@ the trace uncounted (loads, latency, decisions): from an empty fleet the first s
 adapter's first fetch, which both routers pay, and on a few hundred requests they set the p99.
 ``--prime`` first sends one uncounted request per adapter, so that no counted request is an
 adapter's first download (with 32 adapters, a warm-up of 120 requests leaves about ten of them
-to the counted window, the same ones for both routers, and they set its p99).
+to the counted window, the same ones for both routers, and they set its p99). Clients are
+closed-loop (``--concurrency``: each sends its next request when one returns, so on a saturated
+machine latency is concurrency / throughput) unless ``--rate R`` sends the trace as Poisson
+arrivals at R per second (open loop, as independent users arrive: a router that spends less of
+the machine on loads leaves more headroom, and the queue it avoids shows in the latency).
 
 Counts adapter loads from the replicas' own logs (the pool logs every "-> ready"), requests per
 replica from Serve's access log lines, and latency at the client, split into the requests that
@@ -52,13 +56,21 @@ def zipf_trace(n: int, names: list[str], s: float, seed: int = 11) -> list[str]:
     return rng.choices(names, weights=weights, k=n)
 
 
-async def replay(url: str, trace: list[str], concurrency: int, max_tokens: int) -> dict:
-    """Send ``trace`` at ``concurrency``; throughput, p50/p99 latency and, per request id (the
+async def replay(
+    url: str, trace: list[str], concurrency: int, max_tokens: int, rate: float = 0.0
+) -> dict:
+    """Send ``trace`` at ``concurrency`` (closed loop) or, with ``rate``, as Poisson arrivals at
+    ``rate`` per second (open loop: a request's latency counts from its arrival, so time it
+    waits behind a slow server counts); throughput, p50/p99 latency and, per request id (the
     ``x-request-id`` Serve logs on every line the request causes), its latency."""
-    sem = asyncio.Semaphore(concurrency)
+    sem = asyncio.Semaphore(concurrency if not rate else len(trace))
     lat: list[float] = []
     by_id: dict[str, float] = {}
     tag = uuid.uuid4().hex[:8]
+    gaps = random.Random(len(trace)).expovariate
+    arrivals = [0.0]
+    for _ in trace[1:]:
+        arrivals.append(arrivals[-1] + (gaps(rate) if rate else 0.0))
 
     async def one(client: httpx.AsyncClient, i: int, adapter: str) -> None:
         body = {
@@ -69,8 +81,10 @@ async def replay(url: str, trace: list[str], concurrency: int, max_tokens: int) 
             "ignore_eos": True,
         }
         rid = f"{tag}-{i}"
+        if rate:
+            await asyncio.sleep(max(0.0, start + arrivals[i] - time.perf_counter()))
         async with sem:
-            t = time.perf_counter()
+            t = start + arrivals[i] if rate else time.perf_counter()
             resp = await client.post(
                 f"{url}/v1/completions", json=body, headers={"x-request-id": rid}
             )
@@ -78,7 +92,8 @@ async def replay(url: str, trace: list[str], concurrency: int, max_tokens: int) 
         by_id[rid] = lat[-1]
         resp.raise_for_status()
 
-    async with httpx.AsyncClient(timeout=600) as client:
+    limits = httpx.Limits(max_connections=None if rate else concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         start = time.perf_counter()
         await asyncio.gather(*(one(client, i, a) for i, a in enumerate(trace)))
         wall = time.perf_counter() - start
@@ -181,12 +196,12 @@ def run_one(
     if args.prime:  # every adapter once, uncounted: each is in the node's disk cache after it
         asyncio.run(replay(url, list(adapters), args.concurrency, args.max_tokens))
     if args.warmup:  # uncounted: the fleet fills up
-        asyncio.run(replay(url, trace[: args.warmup], args.concurrency, args.max_tokens))
+        asyncio.run(replay(url, trace[: args.warmup], args.concurrency, args.max_tokens, args.rate))
     if args.prime or args.warmup:
         time.sleep(2)  # let the replicas flush their logs
         before = replica_counts(log_dir)
     trace = trace[args.warmup :]
-    res = asyncio.run(replay(url, trace, args.concurrency, args.max_tokens))
+    res = asyncio.run(replay(url, trace, args.concurrency, args.max_tokens, args.rate))
     time.sleep(2)
     loads, per_replica, per_adapter, kinds = _minus(replica_counts(log_dir), before)
     by_id, cold = res.pop("latency_by_id"), cold_ids(log_dir)
@@ -231,7 +246,13 @@ def main() -> None:
         default=1,
         help="run the routers this many times, interleaved; prints the median ratio",
     )
-    p.add_argument("--concurrency", type=int, default=6)
+    p.add_argument("--concurrency", type=int, default=6, help="clients (closed loop)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="open loop instead: Poisson arrivals at this many requests per second",
+    )
     p.add_argument(
         "--capacity", type=int, default=4, help="max_ongoing_requests per replica (0: the app's)"
     )

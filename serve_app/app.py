@@ -33,23 +33,24 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     registry = AdapterRegistry.bind(bases, cfg.state_dir)
     sources = cfg.sources.model_dump(mode="json")
     llms = {
-        m.name: LLMDeployment.options(name=f"llm:{m.name}", **_options(m.deployment)).bind(
-            m.model_dump(mode="json"), sources, registry
-        )
+        m.name: LLMDeployment.options(
+            name=f"llm:{m.name}", **_options(m.deployment, m.max_cpu_loras)
+        ).bind(m.model_dump(mode="json"), sources, registry)
         for m in cfg.llm
     }
     if cfg.image:
         from serve_app.deployments.image import ImageDeployment
     images = {
-        m.name: ImageDeployment.options(name=f"image:{m.name}", **_options(m.deployment)).bind(
-            m.model_dump(mode="json"), sources, registry
-        )
+        m.name: ImageDeployment.options(
+            name=f"image:{m.name}", **_options(m.deployment, m.max_adapters)
+        ).bind(m.model_dump(mode="json"), sources, registry)
         for m in cfg.image
     }
     return Ingress.bind(cfg.model_dump(mode="json"), llms, images, registry)
 
 
-def _options(d: DeploymentOptions) -> dict[str, Any]:
+def _options(d: DeploymentOptions, slots: int) -> dict[str, Any]:
+    """Serve options for a deployment whose replicas hold ``slots`` adapters each."""
     opts: dict[str, Any] = {
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
@@ -69,7 +70,7 @@ def _options(d: DeploymentOptions) -> dict[str, Any]:
     if d.router == "adapter_aware":
         from serve_app.routing.router import request_router_config
 
-        opts["request_router_config"] = request_router_config(d.router_knobs)
+        opts["request_router_config"] = request_router_config(d.router_knobs, slots=slots)
     return opts
 
 

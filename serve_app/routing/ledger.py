@@ -49,9 +49,13 @@ class Routed:
 
 class Ledger:
     def __init__(
-        self, knobs: Knobs | None = None, expect_ttl_s: float = 5.0, max_age_s: float = 600.0
+        self,
+        knobs: Knobs | None = None,
+        expect_ttl_s: float = 5.0,
+        max_age_s: float = 600.0,
+        slots: int = 0,
     ) -> None:
-        self.fleet = Fleet(knobs)
+        self.fleet = Fleet(knobs, slots=slots)
         self.expect_ttl_s, self.max_age_s = expect_ttl_s, max_age_s
         self._reported: dict[str, tuple[int, ReplicaView]] = {}  # replica -> (seq, view)
         self._inflight: dict[str, int] = {}

@@ -204,10 +204,12 @@ def _without(view: ReplicaView, gone: set[str]) -> ReplicaView:
 def _free_slot(view: ReplicaView, slots_hint: int = 0) -> bool:
     """Whether ``view`` can take one more adapter without evicting. A replica that has not
     reported its capacity yet (``slots`` 0: it just started, its first report is on its way) is
-    taken to have ``slots_hint`` (what its peers reported: replicas of one deployment share a
-    config), or, with no hint, counts as free while it holds nothing: without that, cold adapters
-    would go to the replicas that did report, evicting there, until its first report lands
-    (tests/cluster/test_multinode.py, once: a fourth adapter evicted one beside a free slot)."""
+    taken to have ``slots_hint`` (the deployment's configured slots, or what its peers reported:
+    replicas of one deployment share a config), or, with no hint, counts as free while it holds
+    nothing: without that, cold adapters would go to the replicas that did report, evicting
+    there, until its first report lands (tests/cluster/test_multinode.py, once: a fourth adapter
+    evicted one beside a free slot; in an app's first second no replica had reported, and
+    another time every adapter went by the rendezvous hash alone)."""
     held = len(view.resident | view.loading)
     slots = view.slots or slots_hint
     return held < slots if slots > 0 else held == 0
@@ -254,7 +256,9 @@ class Fleet:
     send and completion) and ``remove``; rank with ``decide``.
     """
 
-    def __init__(self, knobs: Knobs | None = None) -> None:
+    def __init__(self, knobs: Knobs | None = None, slots: int = 0) -> None:
+        """``slots``: adapters each replica holds, as the deployment configures them (0:
+        unknown); a replica yet to report its own is taken to have these (see _free_slot)."""
         self.knobs = knobs or Knobs()
         self._views: dict[str, ReplicaView] = {}
         self._ids: list[str] = []
@@ -266,7 +270,7 @@ class Fleet:
         self._free_slot = np.zeros(0, dtype=bool)
         self._victim_t = np.zeros(0)
         self._loading_n = np.zeros(0)  # adapters each replica is loading now
-        self._slots_hint = 0  # the most slots any replica reported (see _free_slot)
+        self._slots_hint = slots  # configured, or the most any replica reported (_free_slot)
         # Adapters whose load this router saw end on each replica (a request for it finished),
         # until a report no longer shows them loading: see _without_ended.
         self._ended: dict[str, set[str]] = {}

@@ -42,15 +42,19 @@ ROUTER_CLASS = "serve_app.routing.router:AdapterAwareRouter"
 def request_router_config(
     knobs: dict[str, Any] | None = None,
     *,
+    slots: int = 0,
     stats_period_s: float = 1.0,
     expect_ttl_s: float = 5.0,
     max_backoff_s: float = 0.05,
 ) -> RequestRouterConfig:
     """The ``request_router_config`` for a deployment that should use adapter-aware routing.
 
-    ``knobs``: ``policy.Knobs`` fields. ``stats_period_s``: how often Serve polls
-    ``record_routing_stats`` (pushes on every residency change come on top). ``expect_ttl_s``:
-    how long an adapter just sent to a replica counts as loading there without confirmation.
+    ``knobs``: ``policy.Knobs`` fields. ``slots``: adapters each replica holds, as configured
+    (0: learned from the replicas' reports; until a replica's first report lands, about a
+    second after it starts, it is taken to have this many). ``stats_period_s``: how often
+    Serve polls ``record_routing_stats`` (pushes on every residency change come on top).
+    ``expect_ttl_s``: how long an adapter just sent to a replica counts as loading there without
+    confirmation.
     ``max_backoff_s``: the longest pause before Serve asks the router again for a request no
     replica took (Serve's default, 0.5 s, would stretch a short admission wait or a wait for a
     busy holder far past the moment a slot frees up).
@@ -58,7 +62,7 @@ def request_router_config(
     Knobs(**(knobs or {}))  # fail early on a bad knob
     return RequestRouterConfig(
         request_router_class=ROUTER_CLASS,
-        request_router_kwargs={"knobs": knobs or {}, "expect_ttl_s": expect_ttl_s},
+        request_router_kwargs={"knobs": knobs or {}, "expect_ttl_s": expect_ttl_s, "slots": slots},
         request_routing_stats_period_s=stats_period_s,
         request_routing_stats_timeout_s=max(5.0, 5 * stats_period_s),
         initial_backoff_s=min(0.025, max_backoff_s),
@@ -84,8 +88,10 @@ class AdapterAwareRouter(RouterHooks):
     """Routes each request by ``policy.Fleet.decide``; every record lives in ``ledger.Ledger``.
     This class only translates Serve's callbacks into ledger calls."""
 
-    def initialize_state(self, knobs: dict[str, Any] | None = None, expect_ttl_s: float = 5.0):
-        self.ledger = Ledger(Knobs(**(knobs or {})), expect_ttl_s=expect_ttl_s)
+    def initialize_state(
+        self, knobs: dict[str, Any] | None = None, expect_ttl_s: float = 5.0, slots: int = 0
+    ):
+        self.ledger = Ledger(Knobs(**(knobs or {})), expect_ttl_s=expect_ttl_s, slots=slots)
 
     @property
     def decision_counts(self) -> dict[str, int]:

@@ -432,6 +432,19 @@ def test_a_replica_yet_to_report_its_slots_is_taken_to_have_its_peers():
     assert fleet.decide(req("pirate")).ids == ["r0"]
 
 
+def test_before_any_report_replicas_have_the_configured_slots():
+    # An app's first second: no replica has reported its capacity. Sent one after another, four
+    # adapters fill two 2-slot replicas, two each (the router's own placements count); without
+    # the configured slots, one replica is sent a third (its pool evicts one of the first two).
+    for configured, most in ((2, 2), (0, 3)):
+        fleet = Fleet(slots=configured)
+        fleet.set_replicas([r("r0", slots=0), r("r1", slots=0)])
+        for a in ("sql", "poet", "chef", "pirate"):
+            fleet.place(fleet.decide(req(a)).ids[0], [a])
+        held = [len(fleet.view(rid).resident | fleet.view(rid).loading) for rid in fleet.ids]
+        assert max(held) == most, (configured, held)
+
+
 def test_a_report_older_than_a_finished_load_does_not_count_it_as_loading():
     fleet = Fleet()
     fleet.set_replicas([r("r0"), r("r1", ["sql", "chef"], victims=(("sql", NOW - 1),))])
