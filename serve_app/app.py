@@ -49,8 +49,8 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     return Ingress.bind(cfg.model_dump(mode="json"), llms, images, registry)
 
 
-def _options(d: DeploymentOptions, slots: int) -> dict[str, Any]:
-    """Serve options for a deployment whose replicas hold ``slots`` adapters each."""
+def _options(d: DeploymentOptions, slots: int = 0) -> dict[str, Any]:
+    """Serve options for a deployment whose replicas hold ``slots`` adapters each (0: unknown)."""
     opts: dict[str, Any] = {
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,

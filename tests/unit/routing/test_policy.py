@@ -432,17 +432,40 @@ def test_a_replica_yet_to_report_its_slots_is_taken_to_have_its_peers():
     assert fleet.decide(req("pirate")).ids == ["r0"]
 
 
+def test_cold_adapters_in_turn_do_not_all_load_on_one_replica():
+    # Each replica is full; r0's victim is the adapter the last cold request brought in (never
+    # requested again), the others' are requested a little. Without a memory of recent loads,
+    # every cold adapter would go to r0 in turn, and its other requests wait behind each load.
+    def fleet_after(loads_on_r0: int) -> Fleet:
+        fleet = Fleet()
+        fleet.set_replicas(
+            [
+                r("r0", ["top", "new0"], victims=(("new0", NOW - 1),)),
+                r("r1", ["b", "mid1"], victims=(("mid1", NOW - 1),)),
+                r("r2", ["c", "mid2"], victims=(("mid2", NOW - 1),)),
+            ]
+        )
+        for a in ("mid1", "mid2") * 4:
+            fleet.observe(req(a))
+        for n in range(loads_on_r0):
+            fleet.place("r0", [f"new{n + 1}"], now=NOW - 0.5)
+        # r0's loads are done: it holds the last one, its first victim now
+        last = f"new{loads_on_r0}"
+        fleet.upsert(r("r0", ["top", last], victims=((last, NOW - 0.4),)))
+        return fleet
+
+    assert fleet_after(0).decide(req("cold")).ids == ["r0"]  # the cheapest victim
+    assert fleet_after(1).decide(req("cold")).ids[0] in ("r1", "r2")  # r0 just loaded one
+
+
 def test_before_any_report_replicas_have_the_configured_slots():
-    # An app's first second: no replica has reported its capacity. Sent one after another, four
-    # adapters fill two 2-slot replicas, two each (the router's own placements count); without
-    # the configured slots, one replica is sent a third (its pool evicts one of the first two).
-    for configured, most in ((2, 2), (0, 3)):
+    # An app's first second: no replica has reported its capacity (2 slots each, as configured).
+    # r0 is full, r1 has a free slot; without the configured slots neither counts as free and
+    # the rendezvous hash sends "pirate" to r0, whose pool would evict sql or poet.
+    for configured, first in ((2, "r1"), (0, "r0")):
         fleet = Fleet(slots=configured)
-        fleet.set_replicas([r("r0", slots=0), r("r1", slots=0)])
-        for a in ("sql", "poet", "chef", "pirate"):
-            fleet.place(fleet.decide(req(a)).ids[0], [a])
-        held = [len(fleet.view(rid).resident | fleet.view(rid).loading) for rid in fleet.ids]
-        assert max(held) == most, (configured, held)
+        fleet.set_replicas([r("r0", ["sql", "poet"], slots=0), r("r1", ["chef"], slots=0)])
+        assert fleet.decide(req("pirate")).ids[0] == first
 
 
 def test_a_report_older_than_a_finished_load_does_not_count_it_as_loading():

@@ -96,3 +96,12 @@ def test_deployments_queue_a_bounded_number_of_requests():
     assert _options(DeploymentOptions(max_queued_requests=-1))["max_queued_requests"] == -1
     with pytest.raises(ValidationError):
         DeploymentOptions(max_queued_requests=0)
+
+
+def test_the_adapter_router_knows_the_replicas_slots_before_their_first_report():
+    from serve_app.app import _options
+    from serve_app.config import DeploymentOptions
+
+    opts = _options(DeploymentOptions(router="adapter_aware"), slots=6)
+    assert opts["request_router_config"].request_router_kwargs["slots"] == 6
+    assert "request_router_config" not in _options(DeploymentOptions(router="builtin"), slots=6)
