@@ -217,8 +217,6 @@ def simulate(
 
     def admit(r: _Replica, i: int, now: float) -> None:
         if ours:
-            if names[i] not in r.cache and names[i] not in r.loading:
-                fleet.place(r.id, (names[i],), T0 + now)  # as the router does: a load starts
             fleet.started(r.id, (names[i],))  # as the router does when it sends a request
         if r.running < k:
             start(r, i, now)

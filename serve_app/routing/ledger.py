@@ -121,7 +121,7 @@ class Ledger:
             else:
                 extra.append(a)
         if extra:
-            self.fleet.place(view.id, extra, new=False)  # placed before, not new loads
+            self.fleet.place(view.id, extra)
 
     # ---- requests in flight per replica (this router's own count) ---------------------------
 

@@ -44,12 +44,7 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    Among eligible replicas the score is, in order (when several requests for ``a`` are queued, a
    replica with room for all of them comes first, so a burst's requests go to one replica
    together): a replica loading no other adapter (a load takes a batch slot for its whole
-   duration, and two on one replica stall everything queued there); a free slot; a replica that
-   has started no more loads lately than the median eligible one (this router's loads, each
-   decayed over twice the fleet's load time): the next victim is most often the adapter the
-   last cold request brought in, so without this one replica took every cold adapter in turn
-   and its other requests waited behind load after load (routing_real, open loop: hits' p50
-   1.4x the built-in router's); how rarely the
+   duration, and two on one replica stall everything queued there); a free slot; how rarely the
    replica's next victim (``victims``) is requested (bucketed by powers of two); load below
    ``spill_to``; no more requests sent than the mean (step 0); how long ago that victim was
    last used (powers of two of milliseconds); then the rendezvous hash of ``a``, fixed per
@@ -280,11 +275,7 @@ class Fleet:
         # until a report no longer shows them loading: see _without_ended.
         self._ended: dict[str, set[str]] = {}
         self._load_s = np.zeros(0)  # each replica's reported load time (0: none yet)
-        # Loads this router started on each replica, decayed (see _heat), and when last updated.
-        self._heat = np.zeros(0)
-        self._heat_t = np.zeros(0)
         self._waits = (self.knobs.admit_wait_s, self.knobs.max_wait_s)  # see _set_waits
-        self._median_load_s = 0.0  # the fleet's load time (see _set_waits)
         # Aged request counts per adapter (observe), and the count of each replica's first victim.
         self._freq: dict[str, float] = {}
         self._observed = 0
@@ -399,30 +390,15 @@ class Fleet:
         order = [a for a in order if a not in busy] + [a for a in order if a in busy]
         return _without(view, set(order[:over]))
 
-    def place(
-        self, replica_id: str, adapters: Iterable[str], now: float = 0.0, new: bool = True
-    ) -> None:
+    def place(self, replica_id: str, adapters: Iterable[str]) -> None:
         """Record that ``adapters`` were just sent to ``replica_id``: they count as loading there
-        and evict its next victims (``with_placed``) until the replica reports. ``new``: loads
-        this router starts now (not ones it placed before, re-applied over a report)."""
+        and evict its next victims (``with_placed``) until the replica reports."""
         v = self._views.get(replica_id)
         if v is None:
             return
-        i = self._index[replica_id]
-        placed = with_placed(v, set(adapters), self._evictable(i))
+        placed = with_placed(v, set(adapters), self._evictable(self._index[replica_id]))
         if placed is not v:
-            if new:
-                now = now or time.time()
-                n = len(placed.loading - v.loading)
-                self._heat[i] = self._heat_now(now)[i] + n
-                self._heat_t[i] = now
             self.upsert(placed, reported=False)
-
-    def _heat_now(self, now: float) -> np.ndarray:
-        """Loads started on each replica, each decayed by exp(-age / tau), tau = twice the fleet's
-        load time (at least 1 s): how much of its recent time a replica spent loading."""
-        tau = max(1.0, 2.0 * self._median_load_s)
-        return self._heat * np.exp(-np.maximum(now - self._heat_t, 0.0) / tau)
 
     def remove(self, replica_id: str) -> None:
         if self._views.pop(replica_id, None) is not None:
@@ -436,7 +412,6 @@ class Fleet:
     def _rebuild(self) -> None:
         views = list(self._views.values())
         sent = {r: self._sent[i] for r, i in self._index.items()}
-        heat = {r: (self._heat[i], self._heat_t[i]) for r, i in self._index.items()}
         # NOTE: a new replica joins at the mean: at 0 it would take every request until even.
         mean = float(np.mean(list(sent.values()))) if sent else 0.0
         self._ids = [v.id for v in views]
@@ -452,8 +427,6 @@ class Fleet:
         self._cap = np.array([float(max(1, v.max_ongoing)) for v in views])
         self._loading_n = np.array([float(len(v.loading)) for v in views])
         self._load_s = np.array([float(v.load_s) for v in views])
-        self._heat = np.array([heat.get(v.id, (0.0, 0.0))[0] for v in views])
-        self._heat_t = np.array([heat.get(v.id, (0.0, 0.0))[1] for v in views])
         self._set_waits()
         self._slots_hint = max([self._slots_hint, *(v.slots for v in views)])
         self._free_slot = np.array([_free_slot(v, self._slots_hint) for v in views], dtype=bool)
@@ -477,8 +450,7 @@ class Fleet:
         (``wait_per_load``; the median over replicas that reported one)."""
         k = self.knobs
         known = self._load_s[self._load_s > 0]
-        self._median_load_s = float(np.median(known)) if known.size else 0.0
-        cost = k.wait_per_load * self._median_load_s
+        cost = k.wait_per_load * float(np.median(known)) if known.size else 0.0
         admit = max(k.admit_wait_s, cost) if k.admit_wait_s else 0.0  # 0: admission off
         self._waits = (admit, max(k.max_wait_s, 2 * cost))
 
@@ -747,12 +719,11 @@ class Fleet:
         1. (cold, ``room_for`` > 1 requests queued for it) room for all of them at once;
         2. cold: loading no other adapter; spill: lightly loaded (below ``spill_to``);
         3. a free adapter slot;
-        4. no more loads started lately than the median eligible replica (``_heat_now``);
-        5. how rarely its next victim is requested (powers of two of the aged count);
-        6. (cold) lightly loaded;
-        7. no more requests sent there than the mean;
-        8. how long its next victim has been idle (powers of two of milliseconds);
-        9. the rendezvous hash of ``key``, so every router picks the same replica.
+        4. how rarely its next victim is requested (powers of two of the aged count);
+        5. (cold) lightly loaded;
+        6. no more requests sent there than the mean;
+        7. how long its next victim has been idle (powers of two of milliseconds);
+        8. the rendezvous hash of ``key``, so every router picks the same replica.
         """
         idx = np.flatnonzero(mask)
         if not len(idx):
@@ -764,8 +735,6 @@ class Fleet:
             criteria.append(self._cap - self._ongoing >= np.minimum(room_for, self._cap))
         criteria.append(self._loading_n == 0 if cold else light)
         criteria.append(self._free_slot)
-        heat = self._heat_now(now)
-        criteria.append(heat <= np.median(heat[idx]))
         criteria.append(-_log2_bucket(self._victim_f))
         if cold:
             criteria.append(light)

@@ -432,32 +432,6 @@ def test_a_replica_yet_to_report_its_slots_is_taken_to_have_its_peers():
     assert fleet.decide(req("pirate")).ids == ["r0"]
 
 
-def test_cold_adapters_in_turn_do_not_all_load_on_one_replica():
-    # Each replica is full; r0's victim is the adapter the last cold request brought in (never
-    # requested again), the others' are requested a little. Without a memory of recent loads,
-    # every cold adapter would go to r0 in turn, and its other requests wait behind each load.
-    def fleet_after(loads_on_r0: int) -> Fleet:
-        fleet = Fleet()
-        fleet.set_replicas(
-            [
-                r("r0", ["top", "new0"], victims=(("new0", NOW - 1),)),
-                r("r1", ["b", "mid1"], victims=(("mid1", NOW - 1),)),
-                r("r2", ["c", "mid2"], victims=(("mid2", NOW - 1),)),
-            ]
-        )
-        for a in ("mid1", "mid2") * 4:
-            fleet.observe(req(a))
-        for n in range(loads_on_r0):
-            fleet.place("r0", [f"new{n + 1}"], now=NOW - 0.5)
-        # r0's loads are done: it holds the last one, its first victim now
-        last = f"new{loads_on_r0}"
-        fleet.upsert(r("r0", ["top", last], victims=((last, NOW - 0.4),)))
-        return fleet
-
-    assert fleet_after(0).decide(req("cold")).ids == ["r0"]  # the cheapest victim
-    assert fleet_after(1).decide(req("cold")).ids[0] in ("r1", "r2")  # r0 just loaded one
-
-
 def test_before_any_report_replicas_have_the_configured_slots():
     # An app's first second: no replica has reported its capacity (2 slots each, as configured).
     # r0 is full, r1 has a free slot; without the configured slots neither counts as free and
