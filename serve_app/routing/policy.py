@@ -43,13 +43,17 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    adapters, the requests still queued for one would otherwise lose it to the next).
    Among eligible replicas the score is, in order (when several requests for ``a`` are queued, a
    replica with room for all of them comes first, so a burst's requests go to one replica
-   together): a replica loading no other adapter (a load takes a batch slot for its whole
-   duration, and two on one replica stall everything queued there); a free slot; how rarely the
-   replica's next victim (``victims``) is requested (bucketed by powers of two); load below
-   ``spill_to``; no more requests sent than the mean (step 0); how long ago that victim was
-   last used (powers of two of milliseconds); then the rendezvous hash of ``a``, fixed per
-   (adapter, replica), so every router instance picks the same home without talking to the
-   others and a burst for one cold adapter loads it on one replica.
+   together): a free slot (an eviction costs a load later for certain); a replica loading no
+   other adapter (a load takes a batch slot for its whole duration, and two on one replica stall
+   everything queued there; with the free slot first, a burst while replicas fill stacks loads
+   rather than evicting, and a client that sends the next adapter as soon as it has the last
+   answer, before this router has seen that request finish, no longer evicts one beside a free
+   slot: tests/cluster/test_multinode.py); how rarely the replica's next victim (``victims``)
+   is requested (bucketed by powers of two); load below ``spill_to``; no more requests sent
+   than the mean (step 0); how long ago that victim was last used (powers of two of
+   milliseconds); then the rendezvous hash of ``a``, fixed per (adapter, replica), so every
+   router instance picks the same home without talking to the others and a burst for one cold
+   adapter loads it on one replica.
    A replica's victim is the first adapter of its reported eviction order (``victims``, in use
    or not) that this router has no request in flight for (``started``/``finished``) and, if
    possible, has not sent a request for since the replica's last report (under lru or lfu such
@@ -717,8 +721,8 @@ class Fleet:
         Criteria, most important first (see the module docstring, step 3 for ``cold``, step 2
         otherwise), each "more is better":
         1. (cold, ``room_for`` > 1 requests queued for it) room for all of them at once;
-        2. cold: loading no other adapter; spill: lightly loaded (below ``spill_to``);
-        3. a free adapter slot;
+        2. a free adapter slot;
+        3. cold: loading no other adapter; spill: lightly loaded (below ``spill_to``);
         4. how rarely its next victim is requested (powers of two of the aged count);
         5. (cold) lightly loaded;
         6. no more requests sent there than the mean;
@@ -733,8 +737,8 @@ class Fleet:
         criteria: list[np.ndarray] = []
         if cold and room_for > 1:
             criteria.append(self._cap - self._ongoing >= np.minimum(room_for, self._cap))
-        criteria.append(self._loading_n == 0 if cold else light)
         criteria.append(self._free_slot)
+        criteria.append(self._loading_n == 0 if cold else light)
         criteria.append(-_log2_bucket(self._victim_f))
         if cold:
             criteria.append(light)
