@@ -211,9 +211,8 @@ def _free_slot(view: ReplicaView, slots_hint: int = 0) -> bool:
     taken to have ``slots_hint`` (the deployment's configured slots, or what its peers reported:
     replicas of one deployment share a config), or, with no hint, counts as free while it holds
     nothing: without that, cold adapters would go to the replicas that did report, evicting
-    there, until its first report lands (tests/cluster/test_multinode.py, once: a fourth adapter
-    evicted one beside a free slot; in an app's first second no replica had reported, and
-    another time every adapter went by the rendezvous hash alone)."""
+    there, until its first report lands (tests/cluster/test_multinode.py: a fourth adapter
+    evicted one beside a free slot, once with one replica yet to report, once with none)."""
     held = len(view.resident | view.loading)
     slots = view.slots or slots_hint
     return held < slots if slots > 0 else held == 0

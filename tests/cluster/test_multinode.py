@@ -81,10 +81,9 @@ def test_replicas_on_different_nodes_serve_adapters_from_each(cluster):
     c, workers, url = cluster
     nodes = _replica_nodes()
     assert len(nodes) == 2 and len(set(nodes.values())) == 2, nodes
-    # NOTE: the router learns each replica's slots from its reports (a push on each residency
-    # change, a poll every second); in the app's first second it may have none and place by
-    # rendezvous alone (twice in 650 runs here: a fourth adapter evicted one beside a free slot).
-    # This test is about serving from both nodes, so it starts after the first poll.
+    # NOTE: this test is about serving from both nodes, so it starts after the replicas' first
+    # report (a poll every second). The router's start-up placement (configured slots before any
+    # report) and a free slot ranked above "loading nothing" are unit-tested in test_policy.py.
     time.sleep(2)
     with httpx.Client(base_url=url, timeout=60) as client:
         for a in ADAPTERS:
