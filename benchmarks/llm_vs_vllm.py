@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.ports import free_port
 from benchmarks.text_model import MODELS, out_path, text_assets
 
 BASE = "tiny-llama"
@@ -143,12 +143,6 @@ def cpu_per_request(before: dict, after: dict, n: int) -> dict[str, float]:
         by[label] = by.get(label, 0.0) + t - before.get(pid, (label, 0.0))[1]
     ms = {k: 1000 * v / n for k, v in by.items() if v > 0}
     return dict(sorted(ms.items(), key=lambda kv: -kv[1]))
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -303,7 +297,7 @@ def run_setup(setup: str, assets: dict, traces: dict, args, out_dir: Path) -> di
     procs, logs, urls = {}, [], {}
     try:
         for system, (start, _) in systems.items():
-            port = _port()
+            port = free_port()
             log = open(out_dir / f"{system.replace(' ', '_')}-{setup}.log", "w")  # noqa: SIM115
             logs.append(log)
             procs[system] = start(port, log)

@@ -35,7 +35,6 @@ import json
 import os
 import random
 import re
-import socket
 import statistics
 import tempfile
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.adapter_copies import make_adapter_copies, make_large_template
+from benchmarks.ports import free_port
 from benchmarks.text_model import MODELS, out_path, text_assets
 
 BASE = "tiny-llama"
@@ -156,9 +156,7 @@ def run_one(
     from serve_app import build_app
     from serve_app.routing.serve_internals import serve_log_dir
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     log_dir = Path(serve_log_dir())
     serve.start(http_options={"host": "127.0.0.1", "port": port})

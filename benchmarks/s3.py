@@ -4,9 +4,10 @@ storage (Ray Data's vLLM stage, Ray Serve LLM)."""
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
+
+from benchmarks.ports import free_port
 
 
 @contextlib.contextmanager
@@ -17,9 +18,7 @@ def s3_adapters(adapters: dict[str, str]) -> Iterator[str]:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1"})  # fmt: skip

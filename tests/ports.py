@@ -1,9 +1,5 @@
-"""A free TCP port on the loopback interface, for the servers tests start."""
+"""A free TCP port on the loopback interface, for the servers tests start (see benchmarks/ports)."""
 
-import socket
+from benchmarks.ports import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port"]

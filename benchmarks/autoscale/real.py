@@ -23,13 +23,13 @@ import json
 import os
 import random
 import re
-import socket
 import time
 from pathlib import Path
 
 import httpx
 
 from benchmarks.adapter_copies import make_adapter_copies, make_large_template
+from benchmarks.ports import free_port
 from benchmarks.text_model import MODELS, out_path, text_assets
 
 RATES = "1,2,3,4,6,6,4,3,2,1"  # requests/s, one per phase
@@ -90,9 +90,7 @@ def run_one(policy: str, args, adapters: dict, demo: dict, base: str, events) ->
     from serve_app import build_app
     from serve_app.routing.serve_internals import serve_log_dir
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     log_dir = Path(serve_log_dir())
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -9,7 +9,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+
+from benchmarks.ports import free_port
 
 BASE, IMAGE = "tiny-llama", "tiny-sd"
 ROOT = Path(__file__).parents[2]
@@ -120,12 +121,6 @@ def _config(llm: dict, adapters: dict, img: dict | None, setup: Setup) -> dict:
     return cfg
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _app_paths(setup, llm, adapters, img, work: Path, text: Path) -> dict[str, dict]:
     import ray
     from ray import serve
@@ -134,9 +129,9 @@ def _app_paths(setup, llm, adapters, img, work: Path, text: Path) -> dict[str, d
     from serve_app import build_app
 
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    port = _port()
+    port = free_port()
     ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                   dashboard_port=_port(), log_to_driver=False)  # fmt: skip
+                   dashboard_port=free_port(), log_to_driver=False)  # fmt: skip
     out: dict[str, dict] = {}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

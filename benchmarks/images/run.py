@@ -4,7 +4,6 @@ resident working set, and a working set of one for the naive path), drive traces
 import asyncio
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -12,6 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+
+from benchmarks.ports import free_port
 
 RESIDENT, NAIVE = "tiny-sd", "tiny-sd-naive"
 PROMPTS = ["a red fox in snow", "sushi rolls shaped like kawaii cat faces", "a lighthouse"]
@@ -38,7 +39,7 @@ def main(setup: Setup, out: str) -> None:
     assets = build_image_assets(root)
     adapters = _adapters(assets, setup, root)
     names = list(adapters)[: setup.adapters]
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -199,9 +200,3 @@ def _report(results: list[dict], setup: Setup, names: list[str]) -> None:
             f"concurrency {conc}: alternating/single = {by['alternating'] / by['single']:.3f} "
             f"(target >= 0.9); alternating/naive speedup = {by['alternating'] / by['naive']:.2f}x"
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

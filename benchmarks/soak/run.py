@@ -4,7 +4,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import tempfile
 import time
 from collections import Counter
@@ -12,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+
+from benchmarks.ports import free_port
 
 TEXT, REF, IMAGE = "smollm2", "smollm2-ref", "tiny-sd"  # configs/demo.yaml's bases
 TEXT_MODELS = [TEXT, *(f"{TEXT}:{a}" for a in ("pirate", "french", "sql", "short"))]
@@ -49,7 +50,7 @@ def main(setup: Setup, out: str) -> None:
     cfg = _config(Path(os.environ.get("LORASERVE_DEMO_DIR", ".demo")).resolve())
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -291,9 +292,3 @@ async def _wait_ready(client: httpx.AsyncClient, timeout_s: float = 600) -> None
             pass
         await asyncio.sleep(1)
     raise TimeoutError("app did not become ready")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
