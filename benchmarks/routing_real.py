@@ -23,9 +23,10 @@ the machine on loads leaves more headroom, and the queue it avoids shows in the 
 Counts adapter loads from the replicas' own logs (the pool logs every "-> ready"), requests per
 replica from Serve's access log lines, and latency at the client, split into the requests that
 loaded their adapter and the others (each request carries its own ``x-request-id``, which Serve
-logs on every line it causes). Prints ours/built-in ratios; ``--rounds N`` runs the routers N
-times, interleaved, and prints the median ratio with each round's (on 2 shared cores one run's
-p99 and throughput move by 10-20% from run to run).
+logs on every line it causes), and the CPU each process role spent per counted request. Prints
+ours/built-in ratios; ``--rounds N`` runs the routers N times, interleaved, and prints the median
+ratio with each round's (on 2 shared cores one run's p99 and throughput move by 10-20% from run
+to run).
 """
 
 import argparse
@@ -44,6 +45,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.adapter_copies import make_adapter_copies, make_large_template
+from benchmarks.cpu import cpu_per_request, cpu_tree
 from benchmarks.ports import free_port
 from benchmarks.text_model import MODELS, out_path, text_assets
 
@@ -199,7 +201,9 @@ def run_one(
         time.sleep(2)  # let the replicas flush their logs
         before = replica_counts(log_dir)
     trace = trace[args.warmup :]
+    cpu = cpu_tree(os.getpid())  # this process (clients, S3 server), Ray's and vLLM's under it
     res = asyncio.run(replay(url, trace, args.concurrency, args.max_tokens, args.rate))
+    cpu = cpu_per_request(cpu, cpu_tree(os.getpid()), len(trace))
     time.sleep(2)
     loads, per_replica, per_adapter, kinds = _minus(replica_counts(log_dir), before)
     by_id, cold = res.pop("latency_by_id"), cold_ids(log_dir)
@@ -220,6 +224,7 @@ def run_one(
         "loads_per_adapter": per_adapter,
         "decisions": kinds,
         "latency_by_load": split,
+        "cpu_ms_per_request": cpu,
     }
 
 
@@ -338,6 +343,12 @@ def _print_run(name: str, r: dict) -> None:
         f"{s['cold']['p50_s'] * 1000:.0f} ms, p99 {s['cold']['p99_s'] * 1000:.0f} ms;"
         f" the others p50 {s['hit']['p50_s'] * 1000:.0f} ms,"
         f" p99 {s['hit']['p99_s'] * 1000:.0f} ms",
+        flush=True,
+    )
+    cpu = r["cpu_ms_per_request"]
+    print(
+        f"{'':18s} CPU ms per request {sum(cpu.values()):.0f}: "
+        + ", ".join(f"{k.removeprefix('ray::')} {v:.0f}" for k, v in list(cpu.items())[:6]),
         flush=True,
     )
 
