@@ -6,7 +6,10 @@ replicas of the tiny demo model, real adapters, the same seeded Zipf trace, one 
 
 ``--rank R`` serves copies of a rank-R adapter over every linear layer instead of the small demo
 adapter, and ``--s3`` fetches them from a local S3 server (moto) through the app's S3 source, so
-that a cold load costs a download plus a large ``add_lora``, as on a real deployment. Runs are
+that a cold load costs a download plus a large ``add_lora``, as on a real deployment. The node's
+disk cache keeps every download (a load after the first reads the local copy) unless
+``--disk-cache-mb`` gives it a budget smaller than the catalog, as a node serving thousands of
+adapters has: then a load that misses it downloads again. Runs are
 named ``router[-eviction]`` (``--runs``): ours runs with the app's default eviction (lfu) unless
 named ``adapter_aware-lru``; the built-in router runs over lru replicas unless named
 ``builtin-lfu``, as Ray's own multiplexing evicts. ``--warmup N`` sends the first N requests of
@@ -265,6 +268,13 @@ def main() -> None:
     p.add_argument("--model", default="tiny", choices=MODELS, help="text base (see text_model)")
     p.add_argument("--rank", type=int, default=0, help="rank-R all-linear adapters (0: demo's)")
     p.add_argument("--s3", action="store_true", help="fetch the adapters from a local S3 server")
+    p.add_argument(
+        "--disk-cache-mb",
+        type=int,
+        default=0,
+        help="with --s3: the node's disk cache budget (0: the app's default, which holds every "
+        "adapter here); below the catalog's size a load that misses it fetches from S3 again",
+    )
     p.add_argument("--knobs", default="{}", help="JSON dict of policy.Knobs fields (ours)")
     p.add_argument(
         "--runs",
@@ -302,6 +312,8 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(prefix=f"routing-{run}-") as cache:
                     if args.s3:
                         sources["cache_dir"] = cache
+                        if args.disk_cache_mb:
+                            sources["cache_max_bytes"] = args.disk_cache_mb * 2**20
                     r = run_one(router, args, adapters, demo, root, sources, eviction)
                 results.setdefault(run, []).append(r)
                 _print_run(f"{run} #{n + 1}" if args.rounds > 1 else run, r)
