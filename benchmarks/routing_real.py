@@ -12,9 +12,11 @@ disk cache keeps every download (a load after the first reads the local copy) un
 adapters has: then a load that misses it downloads again. Runs are
 named ``router[-eviction]`` (``--runs``): ours runs with the app's default eviction (lfu) unless
 named ``adapter_aware-lru``; the built-in router runs over lru replicas unless named
-``builtin-lfu``, as Ray's own multiplexing evicts. ``--warmup N`` sends the first N requests of
-the trace uncounted (loads, latency, decisions): from an empty fleet the first seconds are every
-adapter's first fetch, which both routers pay, and on a few hundred requests they set the p99.
+``builtin-lfu``, as Ray's own multiplexing evicts; ``+knob=value`` sets one of ours' policy knobs
+for that run (``adapter_aware+balance=0``), so that a tuned row runs beside the defaults.
+``--warmup N`` sends the first N requests of the trace uncounted (loads, latency, decisions): from
+an empty fleet the first seconds are every adapter's first fetch, which both routers pay, and on
+a few hundred requests they set the p99.
 ``--prime`` first sends one uncounted request per adapter, so that no counted request is an
 adapter's first download (with 32 adapters, a warm-up of 120 requests leaves about ten of them
 to the counted window, the same ones for both routers, and they set its p99). Clients are
@@ -153,7 +155,14 @@ def _minus(after: tuple, before: tuple) -> tuple:
 
 
 def run_one(
-    router: str, args, adapters: dict, demo: dict, root: Path, sources: dict, eviction: str
+    router: str,
+    args,
+    adapters: dict,
+    demo: dict,
+    root: Path,
+    sources: dict,
+    eviction: str,
+    knobs: dict,
 ) -> dict:
     import ray
     from ray import serve
@@ -182,7 +191,7 @@ def run_one(
                 "deployment": {
                     "num_replicas": args.replicas,
                     "router": router,
-                    **({"router_knobs": json.loads(args.knobs)} if router != "builtin" else {}),
+                    **({"router_knobs": knobs} if router != "builtin" else {}),
                     **({"max_ongoing_requests": args.capacity} if args.capacity else {}),
                     "ray_actor_options": {"num_cpus": 0.5},
                 },
@@ -279,7 +288,8 @@ def main() -> None:
     p.add_argument(
         "--runs",
         default="adapter_aware,builtin",
-        help="comma-separated router[-lru|-lfu] (ours: the app's eviction; builtin: lru)",
+        help="comma-separated router[-lru|-lfu][+knob=value...] (ours: the app's eviction; "
+        "builtin: lru); e.g. adapter_aware+balance=0 runs ours with that knob beside the others",
     )
     args = p.parse_args()
     args.out = out_path(args.out, args.model)
@@ -304,7 +314,11 @@ def main() -> None:
         runs = args.runs.split(",")
         for n in range(args.rounds):  # interleaved, so a slow minute of the machine hits both
             for run in runs:
-                router, _, eviction = run.partition("-")
+                spec, *tweaks = run.split("+")
+                router, _, eviction = spec.partition("-")
+                knobs = json.loads(args.knobs) | {
+                    k: json.loads(v) for k, v in (x.split("=", 1) for x in tweaks)
+                }
                 if router == "builtin":
                     eviction = eviction or "lru"  # as Ray Serve's multiplexing evicts
                 # Each run starts with an empty disk cache, as a fresh node would (removed after
@@ -314,7 +328,7 @@ def main() -> None:
                         sources["cache_dir"] = cache
                         if args.disk_cache_mb:
                             sources["cache_max_bytes"] = args.disk_cache_mb * 2**20
-                    r = run_one(router, args, adapters, demo, root, sources, eviction)
+                    r = run_one(router, args, adapters, demo, root, sources, eviction, knobs)
                 results.setdefault(run, []).append(r)
                 _print_run(f"{run} #{n + 1}" if args.rounds > 1 else run, r)
     b = results.get("builtin")
