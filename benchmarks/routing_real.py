@@ -9,11 +9,11 @@ adapter, and ``--s3`` fetches them from a local S3 server (moto) through the app
 that a cold load costs a download plus a large ``add_lora``, as on a real deployment. The node's
 disk cache keeps every download (a load after the first reads the local copy) unless
 ``--disk-cache-mb`` gives it a budget smaller than the catalog, as a node serving thousands of
-adapters has: then a load that misses it downloads again. Runs are
-named ``router[-eviction]`` (``--runs``): ours runs with the app's default eviction (lfu) unless
-named ``adapter_aware-lru``; the built-in router runs over lru replicas unless named
-``builtin-lfu``, as Ray's own multiplexing evicts; ``+knob=value`` sets one of ours' policy knobs
-for that run (``adapter_aware+balance=0``), so that a tuned row runs beside the defaults.
+adapters has: then a load that misses it downloads again. Runs are named ``router[-eviction]``
+(``--runs``): ours runs with the app's default eviction (lfu) unless named
+``adapter_aware-lru``; the built-in router runs over lru replicas unless named ``builtin-lfu``,
+as Ray's own multiplexing evicts; ``+knob=value`` sets one of ours' policy knobs for that run
+(``adapter_aware+balance=0``), so that a tuned row runs beside the defaults.
 ``--warmup N`` sends the first N requests of the trace uncounted (loads, latency, decisions): from
 an empty fleet the first seconds are every adapter's first fetch, which both routers pay, and on
 a few hundred requests they set the p99.
