@@ -53,6 +53,7 @@ class DiskCache:
             d.mkdir(parents=True, exist_ok=True)
         self._thread_lock = threading.Lock()
         self._tmp_locks: dict[Path, int] = {}  # our downloads in progress -> locked fd
+        self._keys: tuple[int, frozenset[str]] = (-1, frozenset())  # (manifests mtime, keys)
         with self._locked():
             self._drop_orphans()
             self._evict_for(0)  # a smaller budget than the last process's applies at once
@@ -62,6 +63,19 @@ class DiskCache:
     @property
     def total_bytes(self) -> int:
         return sum(m["bytes"] for m in self._all_manifests().values())
+
+    def keys(self) -> frozenset[str]:
+        """The keys of every entry on disk now (any process's), re-read only when an entry was
+        added or removed since the last call (the manifests directory's mtime changed, or changed
+        in the last second: its clock ticks coarser than two quick commits)."""
+        try:
+            mtime = self._manifests.stat().st_mtime_ns
+        except FileNotFoundError:
+            return frozenset()
+        if mtime != self._keys[0] or time.time_ns() - mtime < 1_000_000_000:
+            keys = frozenset(m["key"] for m in self._all_manifests().values())
+            self._keys = (mtime, keys)
+        return self._keys[1]
 
     def lookup(self, key: str) -> Path | None:
         """The entry's directory if cached and intact (marked recently used), else None.

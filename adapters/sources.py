@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +90,8 @@ class Fetcher:
         self.hub_resolve_ttl_s = hub_resolve_ttl_s
         self._commits: dict[tuple[str, str | None], tuple[str, float]] = {}  # -> (commit, until)
         self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="adapter-fetch")
+        # on_disk's index of the last catalogue it was given: (specs, _s3_where -> names)
+        self._by_where: tuple[Any, dict[tuple[str, ...], list[str]]] = (None, {})
 
     # -- check: syntax and confinement, no network ------------------------------------------------
 
@@ -312,6 +314,32 @@ class Fetcher:
                 )
             return self._s3
 
+    def _s3_where(self, src: Source) -> list[str]:
+        """The first fields of an S3 entry's disk cache key: which objects, not which version."""
+        return ["s3", self.s3_endpoint_url or "", src.bucket, src.prefix]
+
+    def on_disk(self, specs: Mapping[str, AdapterSpec]) -> set[str]:
+        """Names in ``specs`` (name -> spec) whose files this node's disk cache holds (some
+        version of them), so that loading one reads the disk instead of downloading. S3 sources
+        only: hub downloads live in huggingface_hub's own cache, and local paths are read where
+        they are. Cost: the entries on disk, plus one pass over ``specs`` when it is a new
+        mapping (a catalogue change)."""
+        keys = self.cache.keys()
+        if not keys:
+            return set()
+        if self._by_where[0] is not specs:
+            index: dict[tuple[str, ...], list[str]] = {}
+            for name, spec in specs.items():
+                try:
+                    src = self.check(spec)
+                except AdapterError:
+                    continue
+                if src.kind == "s3":
+                    index.setdefault(tuple(self._s3_where(src)), []).append(name)
+            self._by_where = (specs, index)
+        index = self._by_where[1]
+        return {n for k in keys for n in index.get(tuple(k.split("|")[:4]), ())}
+
     def _fetch_s3(self, spec: AdapterSpec, src: Source, cancel: threading.Event) -> Path:
         s3 = self._s3_client()
         prefix = f"{src.prefix}/" if src.prefix else ""
@@ -330,10 +358,7 @@ class Fetcher:
                 f"cap of {self.max_bytes} bytes"
             )
         # The key names the object versions (ETags): a changed object is a new cache entry.
-        key = "|".join(
-            ["s3", self.s3_endpoint_url or "", src.bucket, src.prefix]
-            + [f"{n}={objects[n]['ETag']}" for n in present]
-        )
+        key = "|".join(self._s3_where(src) + [f"{n}={objects[n]['ETag']}" for n in present])
         if (hit := self.cache.lookup(key)) is not None:
             log.info("adapter %s: %s from the disk cache", spec.name, src.uri)
             return hit

@@ -101,7 +101,10 @@ class SourceOptions(_Strict):
         default_factory=list,
         description="Local directories adapters may be read from (paths and file:// URIs).",
     )
-    cache_dir: str = Field(default="~/.cache/loraserve", description="Local disk cache.")
+    cache_dir: str = Field(
+        default="~/.cache/loraserve",
+        description="Local disk cache (a node's LORASERVE_ADAPTER_CACHE_DIR overrides it).",
+    )
     cache_max_bytes: PositiveInt = Field(default=20 * 2**30, description="Disk cache budget.")
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint.")
     fetch_timeout_s: float = Field(default=600.0, gt=0, description="Per-adapter fetch limit.")

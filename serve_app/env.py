@@ -35,6 +35,13 @@ def state_dir() -> str:
     return get("STATE_DIR", "~/.local/state/loraserve")
 
 
+def adapter_cache_dir() -> str | None:
+    """This node's adapter disk cache, when set: it overrides the config's ``sources.cache_dir``
+    for the replicas on the node (set it in the node's environment, e.g. on ``ray start``, where
+    nodes keep their local disk at different paths)."""
+    return get("ADAPTER_CACHE_DIR")
+
+
 def cache_dir() -> str:
     """Downloads kept across demo rebuilds (e.g. the SmolLM2 wheel); default ~/.cache/loraserve."""
     return get("CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "loraserve"))

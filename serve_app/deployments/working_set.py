@@ -5,13 +5,14 @@ follower (deletes and pins made through the admin API reach this replica).
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from adapters.pool import AdapterPool
 from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
+from serve_app import env
 from serve_app.autoscaling import AdapterPressure
 from serve_app.config import SourceOptions
 from serve_app.deployments.metrics import ReplicaMetrics
@@ -26,7 +27,7 @@ log = logging.getLogger("serve_app.working_set")
 def make_fetcher(sources: SourceOptions) -> Fetcher:
     return Fetcher(
         allowed_roots=sources.allowed_roots,
-        cache_dir=os.path.expanduser(sources.cache_dir),
+        cache_dir=os.path.expanduser(env.adapter_cache_dir() or sources.cache_dir),
         cache_max_bytes=sources.cache_max_bytes,
         s3_endpoint_url=sources.s3_endpoint_url,
         timeout_s=sources.fetch_timeout_s,
@@ -59,11 +60,14 @@ class WorkingSet:
         pinned: list[AdapterSpec],
         warm_timeout_s: float = 0.0,
         hot_factor: float = 1.0,
+        on_disk: Callable[[Mapping[str, AdapterSpec]], Iterable[str]] | None = None,
     ) -> "WorkingSet":
         """Build the pool, then load the pinned adapters now: those the registry's catalogue pins
         (with their versions; runtime pins included), or the config's when there is no registry
         or it cannot be reached. Then, with a registry and ``warm_timeout_s`` > 0, warm: load
-        what routers will send this replica (deployments/warming.py), before it takes traffic."""
+        what routers will send this replica (deployments/warming.py), before it takes traffic.
+        ``on_disk(specs)``: which of the catalogue's adapters have their files on this node
+        (``Fetcher.on_disk``), published to routers (RoutingStats.local)."""
         residency = ResidencyReporter()
         metrics = ReplicaMetrics()
         # NOTE: set once started: loads of pinned and warmed adapters are not thrash, so the
@@ -89,6 +93,8 @@ class WorkingSet:
         residency.bind(pool)
         metrics.bind(pool)
         follower = RegistryFollower(registry, base, pool) if registry else None
+        if follower is not None and on_disk is not None:
+            residency.local = lambda: on_disk(follower.specs)
         synced = False
         if follower is not None:
             try:

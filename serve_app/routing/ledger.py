@@ -101,6 +101,7 @@ class Ledger:
             slots=stats.slots if stats else 0,
             victims=stats.victims if stats else (),
             load_s=stats.load_s if stats else 0.0,
+            local=frozenset(stats.local) if stats else frozenset(),
         )
         if old is not None and old[1] == view:
             self._reported[rid] = (seq, view)

@@ -43,15 +43,17 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    adapters, the requests still queued for one would otherwise lose it to the next).
    Among eligible replicas the score is, in order (when several requests for ``a`` are queued, a
    replica with room for all of them comes first, so a burst's requests go to one replica
-   together): a free slot (an eviction costs a load later for certain); a replica loading no
-   other adapter (a load takes a batch slot for its whole duration, and two on one replica stall
-   everything queued there; with the free slot first, a burst while replicas fill stacks loads
-   rather than evicting, and a client that sends the next adapter as soon as it has the last
-   answer, before this router has seen that request finish, no longer evicts one beside a free
-   slot: tests/cluster/test_multinode.py); how rarely the replica's next victim (``victims``)
-   is requested (bucketed by powers of two); load below ``spill_to``; no more requests sent
-   than the mean (step 0); how long ago that victim was last used (powers of two of
-   milliseconds); then the rendezvous hash of ``a``, fixed per (adapter, replica), so every
+   together): a free slot (an eviction costs a load later for certain); the adapter's files on
+   the replica's node (``local``, from its disk cache: loading there reads the disk, elsewhere it
+   downloads first, seconds for a large adapter from S3; also for a spill copy); a replica
+   loading no other adapter (a load takes a batch slot for its whole duration, and two on one
+   replica stall everything queued there; with the free slot first, a burst while replicas fill
+   stacks loads rather than evicting, and a client that sends the next adapter as soon as it has
+   the last answer, before this router has seen that request finish, no longer evicts one
+   beside a free slot: tests/cluster/test_multinode.py); how rarely the replica's next victim
+   (``victims``) is requested (bucketed by powers of two); load below ``spill_to``; no more
+   requests sent than the mean (step 0); how long ago that victim was last used (powers of two
+   of milliseconds); then the rendezvous hash of ``a``, fixed per (adapter, replica), so every
    router instance picks the same home without talking to the others and a burst for one cold
    adapter loads it on one replica.
    A replica's victim is the first adapter of its reported eviction order (``victims``, in use
@@ -143,6 +145,7 @@ class ReplicaView:
     ``max_ongoing``: the most requests it accepts. ``slots``: adapters its working set holds
     (0 = unknown). ``victims``: ``(adapter, last used, unix s)`` it would evict first, first
     victim first (optional). ``load_s``: its recent cold-load time, seconds (0 = unknown).
+    ``local``: adapters whose files are on its node's disk (a load there needs no download).
     """
 
     id: str
@@ -153,6 +156,7 @@ class ReplicaView:
     slots: int = 0
     victims: tuple[tuple[str, float], ...] = ()
     load_s: float = 0.0
+    local: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +271,7 @@ class Fleet:
         self._ids: list[str] = []
         self._index: dict[str, int] = {}
         self._holders: dict[str, dict[int, bool]] = {}  # adapter -> {replica index: resident?}
+        self._local: dict[str, set[int]] = {}  # adapter -> replicas with its files on their disk
         self._seeds = np.zeros(0, dtype=np.uint64)
         self._ongoing = np.zeros(0)
         self._cap = np.ones(0)
@@ -353,6 +358,15 @@ class Fleet:
             self._holders.setdefault(a, {})[i] = False
         for a in view.resident:
             self._holders.setdefault(a, {})[i] = True
+        if view.local is not old.local:
+            for a in old.local - view.local:
+                on = self._local.get(a)
+                if on is not None:
+                    on.discard(i)
+                    if not on:
+                        del self._local[a]
+            for a in view.local - old.local:
+                self._local.setdefault(a, set()).add(i)
         self._ongoing[i] = view.ongoing
         self._loading_n[i] = len(view.loading)
         self._cap[i] = max(1, view.max_ongoing)
@@ -420,11 +434,14 @@ class Fleet:
         self._ids = [v.id for v in views]
         self._index = {r: i for i, r in enumerate(self._ids)}
         self._holders = {}
+        self._local = {}
         for i, v in enumerate(views):
             for a in v.loading:
                 self._holders.setdefault(a, {})[i] = False
             for a in v.resident:
                 self._holders.setdefault(a, {})[i] = True
+            for a in v.local:
+                self._local.setdefault(a, set()).add(i)
         self._seeds = np.array([key_hash(r) for r in self._ids], dtype=np.uint64)
         self._ongoing = np.array([float(v.ongoing) for v in views])
         self._cap = np.array([float(max(1, v.max_ongoing)) for v in views])
@@ -633,7 +650,7 @@ class Fleet:
         ):
             mask = (load < k.spill_to) & (self._sent < cap)
             mask[list(held)] = False
-            t = self._best_placement(request.key, mask, now, load, cold=False)
+            t = self._best_placement(request, mask, now, load, cold=False)
             if t is not None:
                 out.append((t, "spill"))
         if not spare:
@@ -664,7 +681,7 @@ class Fleet:
             if not mask.any():
                 return None
         want = max(self._wanted.get(a, 0) for a in request.adapters)
-        t = self._best_placement(request.key, mask, now, load, cold=True, room_for=want)
+        t = self._best_placement(request, mask, now, load, cold=True, room_for=want)
         if t is None:  # all busy: wait for the rendezvous home
             t = int(np.argmax(self._rendezvous(request.key)))
         return t
@@ -707,7 +724,7 @@ class Fleet:
 
     def _best_placement(
         self,
-        key: str,
+        request: RequestView,
         mask: np.ndarray,
         now: float,
         load: np.ndarray,
@@ -715,18 +732,20 @@ class Fleet:
         cold: bool,
         room_for: int = 0,
     ) -> int | None:
-        """The best replica in ``mask`` to load ``key`` on (None if the mask is empty).
+        """The best replica in ``mask`` to load the request's adapter(s) on (None if the mask is
+        empty).
 
         Criteria, most important first (see the module docstring, step 3 for ``cold``, step 2
         otherwise), each "more is better":
         1. (cold, ``room_for`` > 1 requests queued for it) room for all of them at once;
         2. a free adapter slot;
-        3. cold: loading no other adapter; spill: lightly loaded (below ``spill_to``);
-        4. how rarely its next victim is requested (powers of two of the aged count);
-        5. (cold) lightly loaded;
-        6. no more requests sent there than the mean;
-        7. how long its next victim has been idle (powers of two of milliseconds);
-        8. the rendezvous hash of ``key``, so every router picks the same replica.
+        3. the adapters' files on its node's disk (``local``): no download;
+        4. cold: loading no other adapter; spill: lightly loaded (below ``spill_to``);
+        5. how rarely its next victim is requested (powers of two of the aged count);
+        6. (cold) lightly loaded;
+        7. no more requests sent there than the mean;
+        8. how long its next victim has been idle (powers of two of milliseconds);
+        9. the rendezvous hash of the request's key, so every router picks the same replica.
         """
         idx = np.flatnonzero(mask)
         if not len(idx):
@@ -737,13 +756,18 @@ class Fleet:
         if cold and room_for > 1:
             criteria.append(self._cap - self._ongoing >= np.minimum(room_for, self._cap))
         criteria.append(self._free_slot)
+        if any(a in self._local for a in request.adapters):
+            on_disk = np.zeros(len(self._ids))
+            for a in request.adapters:
+                on_disk[list(self._local.get(a, ()))] += 1
+            criteria.append(on_disk)
         criteria.append(self._loading_n == 0 if cold else light)
         criteria.append(-_log2_bucket(self._victim_f))
         if cold:
             criteria.append(light)
         criteria.append(self._sent <= self._sent_sum / len(self._ids))
         criteria.append(_log2_bucket(idle_ms))
-        criteria.append(self._rendezvous(key))
+        criteria.append(self._rendezvous(request.key))
         # NOTE: np.lexsort sorts by its LAST key first, ascending: the best is the last row.
         best = np.lexsort([c[idx] for c in reversed(criteria)])[-1]
         return int(idx[best])

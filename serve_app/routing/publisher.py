@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -64,6 +64,8 @@ class ResidencyReporter:
         self.load_s = 0.0  # moving average of this pool's load times (RoutingStats.load_s)
         self.last_used: dict[str, float] = {}
         self._scheduled = False
+        # Adapters whose files are on this node's disk (RoutingStats.local); set by the owner.
+        self.local: Callable[[], Iterable[str]] = tuple
         self._replica_id = None
         self._loads_metric = self._evictions_metric = None
         try:
@@ -95,8 +97,13 @@ class ResidencyReporter:
 
     def stats(self) -> RoutingStats:
         snap = self._pool.snapshot() if self._pool is not None else {}
+        try:
+            local = self.local()
+        except Exception as e:  # the disk is a hint: residency must still be published
+            log.warning("could not list the adapters on this node's disk: %r", e)
+            local = ()
         return RoutingStats.from_pool(
-            snap, ongoing=self.ongoing, last_used=self.last_used, load_s=self.load_s
+            snap, ongoing=self.ongoing, last_used=self.last_used, load_s=self.load_s, local=local
         )
 
     def record_routing_stats(self) -> dict[str, Any]:

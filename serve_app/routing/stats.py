@@ -9,11 +9,12 @@ No Ray here.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 VICTIMS = 4  # eviction candidates a replica reports
+LOCAL = 1024  # adapters on the node's disk a replica reports, at most
 _seq = itertools.count(1)
 
 
@@ -28,7 +29,9 @@ class RoutingStats:
     (routers skip those they know to be in use). ``ongoing``: requests in the replica now.
     ``load_s``: what a cold load has recently cost this replica, seconds (a moving average of its
     pool's load times; 0 = none yet): routers wait longer for a cheap placement when loads cost
-    more (policy.py, ``wait_per_load``).
+    more (policy.py, ``wait_per_load``). ``local``: adapters neither resident nor loading whose
+    files are on this replica's node (its disk cache), so loading one there costs a disk read,
+    not a download: routers place cold adapters where their files are (at most ``LOCAL`` names).
     """
 
     seq: int
@@ -38,6 +41,7 @@ class RoutingStats:
     victims: tuple[tuple[str, float], ...] = ()
     ongoing: int = 0
     load_s: float = 0.0
+    local: tuple[str, ...] = ()
 
     @classmethod
     def from_pool(
@@ -47,21 +51,24 @@ class RoutingStats:
         ongoing: int = 0,
         last_used: Mapping[str, float] = {},
         load_s: float = 0.0,
+        local: Iterable[str] = (),
     ) -> RoutingStats:
         """From an ``AdapterPool.snapshot()``: victims in the pool's own eviction order when it
         reports one, else the resident adapters least recently used first."""
         resident = tuple(snapshot.get("resident", ()))
+        loading = tuple(snapshot.get("loading", ()))
         order = snapshot.get("eviction_order")
         if order is None:
             order = sorted(resident, key=lambda a: last_used.get(a, 0.0))
         return cls(
             seq=next(_seq),
             resident=resident,
-            loading=tuple(snapshot.get("loading", ())),
+            loading=loading,
             slots=int(snapshot.get("capacity") or 0),
             victims=tuple((a, last_used.get(a, 0.0)) for a in order[:VICTIMS]),
             ongoing=int(ongoing),
             load_s=round(float(load_s), 3),
+            local=tuple(sorted(set(local) - {*resident, *loading}))[:LOCAL],
         )
 
     @property
@@ -86,4 +93,5 @@ class RoutingStats:
             victims=tuple((str(a), float(t)) for a, t in data.get("victims", ())),
             ongoing=int(data.get("ongoing", 0)),
             load_s=float(data.get("load_s", 0.0)),
+            local=tuple(data.get("local", ())),
         )

@@ -244,6 +244,30 @@ def test_disk_cache_budget_evicts_least_recently_used(tmp_path, s3_endpoint, buc
     )
 
 
+def test_on_disk_names_the_adapters_whose_files_this_node_holds(tmp_path, s3_endpoint, bucket):
+    # What a replica tells routers (RoutingStats.local): which catalogue adapters a load would
+    # read from this node's disk cache, whichever process fetched them, until they are evicted.
+    client, name = bucket
+    for i in range(3):
+        put_adapter(client, name, f"ad{i}", FILES)
+    catalogue = {f"a{i}": spec(f"s3://{name}/ad{i}", f"a{i}") for i in range(3)}
+    catalogue["hub"] = spec("hf://org/repo", "hub")
+    f = Fetcher(cache_dir=tmp_path / "cache", cache_max_bytes=2500, s3_endpoint_url=s3_endpoint)
+    peer = Fetcher(cache_dir=tmp_path / "cache", cache_max_bytes=2500, s3_endpoint_url=s3_endpoint)
+    assert f.on_disk(catalogue) == set()
+    fetch(f, catalogue["a0"])
+    assert f.on_disk(catalogue) == {"a0"}
+    fetch(peer, catalogue["a1"])  # another replica on this node
+    assert f.on_disk(catalogue) == {"a0", "a1"}
+    fetch(peer, catalogue["a2"])  # the budget holds two: a0, least recently used, goes
+    assert f.on_disk(catalogue) == {"a1", "a2"}
+    # A new catalogue (an adapter registered under another name for the same files) is indexed.
+    assert f.on_disk(catalogue | {"copy": spec(f"s3://{name}/ad2", "copy")}) == {"a1", "a2", "copy"}
+    # Another endpoint's objects of the same bucket and prefix are not these.
+    other = Fetcher(cache_dir=tmp_path / "cache", s3_endpoint_url="http://127.0.0.1:9")
+    assert other.on_disk(catalogue) == set()
+
+
 def test_s3_errors_name_the_adapter_and_what_is_missing(tmp_path, s3_endpoint, bucket):
     client, name = bucket
     put_adapter(client, name, "big", {"adapter_model.safetensors": b"x" * 5000})

@@ -17,9 +17,16 @@ from serve_app.routing.policy import (
 NOW = 1_000_000.0
 
 
-def r(rid, resident=(), loading=(), ongoing=0, max_ongoing=4, slots=2, victims=()):
+def r(rid, resident=(), loading=(), ongoing=0, max_ongoing=4, slots=2, victims=(), local=()):
     return ReplicaView(
-        rid, frozenset(resident), frozenset(loading), ongoing, max_ongoing, slots, victims
+        rid,
+        frozenset(resident),
+        frozenset(loading),
+        ongoing,
+        max_ongoing,
+        slots,
+        victims,
+        local=frozenset(local),
     )
 
 
@@ -422,6 +429,38 @@ def test_a_cold_adapter_goes_to_a_replica_not_already_loading_one():
     assert fleet.decide(req("new", waited=1.0)).ids == ["r1"]
     fleet.upsert(r("r0", ["p0", "x"], ongoing=1, victims=(("p0", NOW - 50),)))  # load finished
     assert fleet.decide(req("new", waited=1.0)).ids == ["r0"]
+
+
+def test_a_cold_adapter_goes_where_its_files_are_on_disk():
+    # Four full replicas, equal in everything but the disk: elsewhere the load downloads first.
+    victims = (("old", NOW - 5),)
+    ids = [i for i in IDS if i != home("new", IDS)]
+    fleet = Fleet()
+    fleet.set_replicas([r(i, ["old", "x" + i], victims=victims) for i in IDS])
+    assert fleet.decide(req("new")).ids == [home("new", IDS)]
+    on_disk = ids[0]
+    fleet.upsert(replace(fleet.view(on_disk), local=frozenset({"new", "other"})))
+    assert fleet.decide(req("new")).ids == [on_disk]
+    # ... still second to a free slot, and its node losing the files ends the preference.
+    fleet.upsert(r(ids[1], ["x"], victims=victims))
+    assert fleet.decide(req("new")).ids == [ids[1]]
+    fleet.upsert(r(ids[1], ["old", "x"], victims=victims))
+    fleet.upsert(replace(fleet.view(on_disk), local=frozenset({"other"})))
+    assert fleet.decide(req("new")).ids == [home("new", IDS)]
+
+
+def test_a_hot_adapter_spills_where_its_files_are_on_disk():
+    views = [r("r0", ["hot"], ongoing=3)] + [r(i, local=()) for i in IDS[1:]]
+    fleet = Fleet(Knobs(hot_min_requests=0))
+    fleet.set_replicas(views)
+    for _ in range(20):
+        fleet.observe(req("hot"))
+    first = fleet.decide(req("hot")).ids[0]
+    assert fleet.decide(req("hot")).kind == "spill"
+    other = next(i for i in IDS[1:] if i != first)
+    fleet.upsert(replace(fleet.view(other), local=frozenset({"hot"})))
+    d = fleet.decide(req("hot"))
+    assert (d.kind, d.ids[0]) == ("spill", other)
 
 
 def test_a_free_slot_beats_evicting_even_beside_a_load():

@@ -20,9 +20,29 @@ def test_routing_stats_prefers_the_pools_eviction_order():
 
 
 def test_routing_stats_cross_as_a_plain_dict_and_back():
-    stats = RoutingStats.from_pool({"resident": ["a"], "capacity": 2}, last_used={"a": 3.0})
+    stats = RoutingStats.from_pool(
+        {"resident": ["a"], "capacity": 2}, last_used={"a": 3.0}, local=["b"]
+    )
     assert RoutingStats.parse(stats.as_dict()) == stats
     assert RoutingStats.parse({}) is None and RoutingStats.parse(None) is None
+
+
+def test_reporter_publishes_the_adapters_on_its_nodes_disk_that_it_does_not_hold():
+    class Pool:
+        def snapshot(self):
+            return {"resident": ["a"], "loading": ["b"], "capacity": 3}
+
+    rep = ResidencyReporter()
+    rep.bind(Pool())
+    assert rep.stats().local == ()
+    rep.local = lambda: {"a", "b", "d", "c"}
+    assert rep.stats().local == ("c", "d")
+
+    def broken():
+        raise OSError("disk gone")
+
+    rep.local = broken  # a hint only: residency is still published
+    assert rep.stats().local == () and rep.stats().resident == ("a",)
 
 
 def test_reporter_counts_loads_and_evictions_and_forgets_evicted():
