@@ -9,7 +9,10 @@ adapter, and ``--s3`` fetches them from a local S3 server (moto) through the app
 that a cold load costs a download plus a large ``add_lora``, as on a real deployment. The node's
 disk cache keeps every download (a load after the first reads the local copy) unless
 ``--disk-cache-mb`` gives it a budget smaller than the catalog, as a node serving thousands of
-adapters has: then a load that misses it downloads again. Runs are named ``router[-eviction]``
+adapters has: then a load that misses it downloads again. ``--nodes`` puts each replica on a Ray
+node of its own (``ray.cluster_utils.Cluster`` on this machine), each node with its own disk
+cache, as replicas on separate machines have: where an adapter's files already are decides
+whether its load downloads. Runs are named ``router[-eviction]``
 (``--runs``): ours runs with the app's default eviction (lfu) unless named
 ``adapter_aware-lru``; the built-in router runs over lru replicas unless named ``builtin-lfu``,
 as Ray's own multiplexing evicts; ``+knob=value`` sets one of ours' policy knobs for that run
@@ -122,21 +125,27 @@ def cold_ids(log_dir: Path) -> set[str]:
     return ids
 
 
-def replica_counts(log_dir: Path) -> tuple[int, list[int], dict[str, int], dict[str, int]]:
-    """(adapter loads, requests per replica, loads per adapter, routing decisions per kind) from
-    the Serve log files: the LLM replicas' pools and the ingress's router (ours logs every
-    decision; Serve's built-in router logs none)."""
+def replica_counts(log_dir: Path) -> tuple:
+    """(adapter loads, requests per replica, loads per adapter, routing decisions per kind,
+    S3 fetches by outcome) from the Serve log files: the LLM replicas' pools and sources, and
+    the ingress's router (ours logs every decision, ``cold+disk`` for a load placed on a node
+    that had its files; Serve's built-in router logs none)."""
     loads, per_replica, per_adapter, kinds = 0, [], {}, {}
+    fetches = {"downloaded": 0, "from disk": 0}
     for f in sorted(log_dir.glob("replica_loraserve_llm_*.log")):
         text = f.read_text(errors="replace")
         for name in re.findall(r"adapter (\S+): loading -> ready", text):
             loads += 1
             per_adapter[name] = per_adapter.get(name, 0) + 1
         per_replica.append(len(re.findall(r"CALL (?:complete|generate) OK", text)))
+        fetches["downloaded"] += len(re.findall(r" -- cached s3\|", text))
+        fetches["from disk"] += len(re.findall(r": s3://\S+ from the disk cache", text))
     for f in log_dir.glob("*.log"):
-        for kind in re.findall(r"adapter router: .* -> replica \S+ \((\w+),", f.read_text()):
+        pattern = r"adapter router: .* -> replica \S+ \((\w+), waited [\d.]+s(, its files)?"
+        for kind, local in re.findall(pattern, f.read_text()):
+            kind += "+disk" if local else ""  # a load placed where its files were
             kinds[kind] = kinds.get(kind, 0) + 1
-    return loads, per_replica, dict(sorted(per_adapter.items())), kinds
+    return loads, per_replica, dict(sorted(per_adapter.items())), kinds, fetches
 
 
 def _minus(after: tuple, before: tuple) -> tuple:
@@ -151,6 +160,7 @@ def _minus(after: tuple, before: tuple) -> tuple:
         [n - o for n, o in zip(after[1], old, strict=True)],
         since(after[2], before[2]),
         since(after[3], before[3]),
+        {k: v - before[4].get(k, 0) for k, v in after[4].items()},
     )
 
 
@@ -171,9 +181,27 @@ def run_one(
     from serve_app.routing.serve_internals import serve_log_dir
 
     port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    cluster = None
+    if args.nodes:  # one Ray node per replica on this machine, each with a disk cache of its own
+        from ray.cluster_utils import Cluster
+
+        node = {"include_dashboard": False, "object_store_memory": 200 * 2**20}
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, **node})
+        for i in range(args.replicas):
+            cache = os.path.join(sources["cache_dir"], f"node{i}")
+            cluster.add_node(
+                num_cpus=0,
+                resources={"replica": 1},
+                env_vars={"LORASERVE_ADAPTER_CACHE_DIR": cache},
+                **node,
+            )
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     log_dir = Path(serve_log_dir())
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # NOTE: one HTTP proxy: on one machine every node has the same address and port.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     cfg = {
         "sources": sources,
         "llm": [
@@ -193,7 +221,11 @@ def run_one(
                     "router": router,
                     **({"router_knobs": knobs} if router != "builtin" else {}),
                     **({"max_ongoing_requests": args.capacity} if args.capacity else {}),
-                    "ray_actor_options": {"num_cpus": 0.5},
+                    "ray_actor_options": (
+                        {"num_cpus": 0, "resources": {"replica": 1}}
+                        if args.nodes
+                        else {"num_cpus": 0.5}
+                    ),
                 },
             }
         ],
@@ -204,7 +236,7 @@ def run_one(
         f"{url}/v1/completions", json={"model": BASE, "prompt": "hi", "max_tokens": 2}, timeout=300
     ).raise_for_status()
     trace = zipf_trace(args.warmup + args.requests, list(adapters), args.zipf)
-    before = (0, [], {}, {})
+    before = (0, [], {}, {}, {})
     if args.prime:  # every adapter once, uncounted: each is in the node's disk cache after it
         asyncio.run(replay(url, list(adapters), args.concurrency, args.max_tokens))
     if args.warmup:  # uncounted: the fleet fills up
@@ -217,7 +249,7 @@ def run_one(
     res = asyncio.run(replay(url, trace, args.concurrency, args.max_tokens, args.rate))
     cpu = cpu_per_request(cpu, cpu_tree(os.getpid()), len(trace))
     time.sleep(2)
-    loads, per_replica, per_adapter, kinds = _minus(replica_counts(log_dir), before)
+    loads, per_replica, per_adapter, kinds, fetches = _minus(replica_counts(log_dir), before)
     by_id, cold = res.pop("latency_by_id"), cold_ids(log_dir)
     split = {
         "cold": quantiles([t for i, t in by_id.items() if i in cold]),
@@ -226,6 +258,8 @@ def run_one(
     }
     serve.shutdown()
     ray.shutdown()
+    if cluster is not None:
+        cluster.shutdown()
     mean = sum(per_replica) / max(1, len(per_replica))
     return {
         **res,
@@ -235,6 +269,7 @@ def run_one(
         "max_over_mean": max(per_replica) / mean if mean else 0.0,
         "loads_per_adapter": per_adapter,
         "decisions": kinds,
+        "fetches": fetches,
         "latency_by_load": split,
         "cpu_ms_per_request": cpu,
     }
@@ -271,6 +306,12 @@ def main() -> None:
     p.add_argument(
         "--capacity", type=int, default=4, help="max_ongoing_requests per replica (0: the app's)"
     )
+    p.add_argument(
+        "--nodes",
+        action="store_true",
+        help="with --s3: each replica on a Ray node of its own (a cluster on this machine), each "
+        "node with its own disk cache, as replicas on separate machines have",
+    )
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--zipf", type=float, default=1.0)
     p.add_argument("--out", default="results/routing_real.json")
@@ -292,6 +333,8 @@ def main() -> None:
         "builtin: lru); e.g. adapter_aware+balance=0 runs ours with that knob beside the others",
     )
     args = p.parse_args()
+    if args.nodes and not args.s3:
+        p.error("--nodes needs --s3 (local adapters are read in place: no disk cache)")
     args.out = out_path(args.out, args.model)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -360,7 +403,8 @@ def _print_run(name: str, r: dict) -> None:
         f"  p50 {r['p50_s'] * 1000:6.0f} ms  p99 {r['p99_s'] * 1000:6.0f} ms"
         f"  {r['req_per_s']:5.2f} req/s  "
         f"per replica {r['requests_per_replica']} (max/mean {r['max_over_mean']:.2f})"
-        f"  loads per adapter {r['loads_per_adapter']}  decisions {r['decisions']}",
+        f"  loads per adapter {r['loads_per_adapter']}  decisions {r['decisions']}"
+        f"  S3 fetches {r.get('fetches', {})}",
         flush=True,
     )
     s = r["latency_by_load"]

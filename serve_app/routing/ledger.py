@@ -41,10 +41,12 @@ class _Request:
 
 @dataclass(frozen=True, slots=True)
 class Routed:
-    """A request a replica accepted: how it counts (``kind``) and for which adapters."""
+    """A request a replica accepted: how it counts (``kind``), for which adapters, and (a load:
+    cold or spill) whether their files were on the replica's node (``local``)."""
 
     kind: Kind
     key: str
+    local: bool = False
 
 
 class Ledger:
@@ -205,12 +207,17 @@ class Ledger:
         self.fleet.observe(request)
         kind = decision.kinds.get(rid, "fallback")
         self.decision_counts[kind] = self.decision_counts.get(kind, 0) + 1
+        local = (
+            kind in ("cold", "spill")
+            and rid in self.fleet
+            and self.fleet.view(rid).local.issuperset(request.adapters)
+        )
         self._expect(rid, request.adapters)
         if r.running_on is not None:  # an earlier attempt never reported done
             self.fleet.finished(r.running_on, r.adapters)
         r.running_on = rid
         self.fleet.started(rid, request.adapters)
-        return Routed(kind, request.key)
+        return Routed(kind, request.key, local)
 
     def completed(self, req: str, rid: str) -> None:
         r = self._requests.get(req)

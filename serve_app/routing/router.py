@@ -199,11 +199,12 @@ class AdapterAwareRouter(RouterHooks):
         if routed is None:
             return
         log.info(
-            "adapter router: %r -> replica %s (%s, waited %.3fs)",
+            "adapter router: %r -> replica %s (%s, waited %.3fs%s)",
             routed.key,
             rid,
             routed.kind,
             time.time() - pending_request.created_at,
+            ", its files on the node's disk" if routed.local else "",
         )
         _decision_counter().inc(tags={"deployment": self.deployment_name, "kind": routed.kind})
 

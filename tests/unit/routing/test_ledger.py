@@ -116,3 +116,17 @@ def test_a_replica_that_has_not_reported_yet_gets_cold_adapters_too():
             led.report(rid, stats(n + 2, held[rid], victims=victims), held[rid], 4)
         assert held[newcomer], held
         assert sum(len(h) for h in held.values()) == 4, held  # nothing evicted
+
+
+def test_a_cold_request_goes_where_its_files_are_and_the_decision_says_so():
+    assert fleet_of_two().decide("x", "new", 0.0).ids == ["r1"]  # both full, alike: its home
+    led = fleet_of_two()
+    on_disk = RoutingStats(2, ("a", "b"), (), 2, (("b", 1.0), ("a", 2.0)), local=("new",))
+    led.report("r0", on_disk, [], 4)
+    led.routing_started("q", "new")
+    assert led.decide("q", "new", 0.0).ids == ["r0"]
+    routed = led.routed("q", "r0")
+    assert (routed.kind, routed.local) == ("cold", True)
+    led.routing_started("h", "c")
+    led.decide("h", "c", 0.0)
+    assert led.routed("h", "r1").local is False  # a hit loads nothing
