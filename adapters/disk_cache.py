@@ -77,6 +77,14 @@ class DiskCache:
             self._keys = (mtime, keys)
         return self._keys[1]
 
+    def touch(self, path: Path) -> None:
+        """Mark the entry at ``path`` (a directory ``lookup``/``commit`` returned) recently used;
+        a no-op for any other path, or an entry gone already."""
+        path = Path(path)
+        if path.parent == self._entries_dir:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(path)
+
     def lookup(self, key: str) -> Path | None:
         """The entry's directory if cached and intact (marked recently used), else None.
 

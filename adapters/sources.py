@@ -90,8 +90,10 @@ class Fetcher:
         self.hub_resolve_ttl_s = hub_resolve_ttl_s
         self._commits: dict[tuple[str, str | None], tuple[str, float]] = {}  # -> (commit, until)
         self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="adapter-fetch")
-        # on_disk's index of the last catalogue it was given: (specs, _s3_where -> names)
+        # on_disk's index of the last catalogue it was given: (specs, _s3_where -> names), and
+        # each source's _s3_where (() when not S3), so a new catalogue is indexed without checks.
         self._by_where: tuple[Any, dict[tuple[str, ...], list[str]]] = (None, {})
+        self._where_of: dict[str, tuple[str, ...]] = {}
 
     # -- check: syntax and confinement, no network ------------------------------------------------
 
@@ -328,17 +330,29 @@ class Fetcher:
         if not keys:
             return set()
         if self._by_where[0] is not specs:
+            if len(self._where_of) > 2 * len(specs) + 1000:
+                self._where_of.clear()  # forget sources no longer registered
             index: dict[tuple[str, ...], list[str]] = {}
             for name, spec in specs.items():
-                try:
-                    src = self.check(spec)
-                except AdapterError:
-                    continue
-                if src.kind == "s3":
-                    index.setdefault(tuple(self._s3_where(src)), []).append(name)
+                where = self._where_of.get(spec.source)
+                if where is None:
+                    try:
+                        src = self.check(spec)
+                    except AdapterError:
+                        src = None
+                    ok = src is not None and src.kind == "s3"
+                    where = self._where_of[spec.source] = tuple(self._s3_where(src)) if ok else ()
+                if where:
+                    index.setdefault(where, []).append(name)
             self._by_where = (specs, index)
         index = self._by_where[1]
         return {n for k in keys for n in index.get(tuple(k.split("|")[:4]), ())}
+
+    def keep(self, path: Path) -> None:
+        """``path`` (what ``fetch`` returned) was unloaded from a replica: mark its disk cache entry
+        recently used. On a full cache the copies evicted first are then those of adapters still
+        in memory (they need theirs only once they leave it), not the one that just left it."""
+        self.cache.touch(path)
 
     def _fetch_s3(self, spec: AdapterSpec, src: Source, cancel: threading.Event) -> Path:
         s3 = self._s3_client()

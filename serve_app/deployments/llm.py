@@ -87,7 +87,7 @@ class LLMDeployment(WorkingSetMethods):
             max_bytes=self.cfg.max_resident_bytes,
             policy=self.cfg.eviction,
             registry=registry,
-            on_disk=self.fetcher.on_disk,
+            fetcher=self.fetcher,
             warm_timeout_s=self.cfg.deployment.warm_timeout_s,
             hot_factor=float(self.cfg.deployment.router_knobs.get("hot_factor", 1.0)),
             pinned=[

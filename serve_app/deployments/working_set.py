@@ -5,7 +5,7 @@ follower (deletes and pins made through the admin API reach this replica).
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,14 +60,15 @@ class WorkingSet:
         pinned: list[AdapterSpec],
         warm_timeout_s: float = 0.0,
         hot_factor: float = 1.0,
-        on_disk: Callable[[Mapping[str, AdapterSpec]], Iterable[str]] | None = None,
+        fetcher: Fetcher | None = None,
     ) -> "WorkingSet":
         """Build the pool, then load the pinned adapters now: those the registry's catalogue pins
         (with their versions; runtime pins included), or the config's when there is no registry
         or it cannot be reached. Then, with a registry and ``warm_timeout_s`` > 0, warm: load
         what routers will send this replica (deployments/warming.py), before it takes traffic.
-        ``on_disk(specs)``: which of the catalogue's adapters have their files on this node
-        (``Fetcher.on_disk``), published to routers (RoutingStats.local)."""
+        ``fetcher``: the replica's; routers are told which catalogue adapters have their files on
+        this node (``Fetcher.on_disk``: RoutingStats.local), and an unloaded adapter's files are
+        kept on disk first (``Fetcher.keep``)."""
         residency = ResidencyReporter()
         metrics = ReplicaMetrics()
         # NOTE: set once started: loads of pinned and warmed adapters are not thrash, so the
@@ -80,10 +81,24 @@ class WorkingSet:
             if pressure is not None:
                 pressure.on_pool_event(name, state, info)
 
+        paths: dict[str, Any] = {}  # loaded adapter -> its files (what prepare fetched)
+
+        async def load_and_remember(spec: AdapterSpec, prepared: Any) -> None:
+            await load(spec, prepared)
+            paths[spec.name] = getattr(prepared, "path", None)
+
+        async def unload_and_keep(name: str) -> Any:
+            try:
+                return await unload(name)
+            finally:
+                path = paths.pop(name, None)
+                if fetcher is not None and path is not None:
+                    fetcher.keep(path)
+
         pool = AdapterPool(
             prepare=prepare,
-            load=load,
-            unload=unload,
+            load=load_and_remember,
+            unload=unload_and_keep,
             max_count=max_count,
             max_bytes=max_bytes,
             policy=policy,
@@ -93,8 +108,8 @@ class WorkingSet:
         residency.bind(pool)
         metrics.bind(pool)
         follower = RegistryFollower(registry, base, pool) if registry else None
-        if follower is not None and on_disk is not None:
-            residency.local = lambda: on_disk(follower.specs)
+        if follower is not None and fetcher is not None:
+            residency.local = lambda: fetcher.on_disk(follower.specs)
         synced = False
         if follower is not None:
             try:

@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import time
 from pathlib import Path
 
 import boto3
@@ -242,6 +243,23 @@ def test_disk_cache_budget_evicts_least_recently_used(tmp_path, s3_endpoint, buc
     assert sorted(p.name for p in (tmp_path / "cache" / "entries").iterdir()) == sorted(
         [p0.name, p2.name]
     )
+
+
+def test_an_unloaded_adapters_files_outlive_those_of_adapters_still_in_memory(
+    tmp_path, s3_endpoint, bucket
+):
+    client, name = bucket
+    for i in range(3):
+        put_adapter(client, name, f"ad{i}", FILES)
+    f = Fetcher(cache_dir=tmp_path / "cache", cache_max_bytes=2500, s3_endpoint_url=s3_endpoint)
+    p0 = fetch(f, spec(f"s3://{name}/ad0"))
+    time.sleep(0.02)
+    p1 = fetch(f, spec(f"s3://{name}/ad1"))
+    time.sleep(0.02)
+    f.keep(p0)  # ad0 left a replica's memory; ad1 is still loaded there
+    f.keep(tmp_path)  # not an entry: ignored
+    p2 = fetch(f, spec(f"s3://{name}/ad2"))
+    assert p0.exists() and p2.exists() and not p1.exists()
 
 
 def test_on_disk_names_the_adapters_whose_files_this_node_holds(tmp_path, s3_endpoint, bucket):
