@@ -11,7 +11,9 @@ Routers are named ``router[-lru|-lfu]``, the suffix naming the replicas' evictio
 ``before``) runs over the app's default, the pool's frequency-aware ``lfu``; ``builtin`` and
 ``pow2`` over lru, as Ray Serve's multiplexing evicts; ``ours-lru`` and ``builtin-lfu`` are the
 equalised rows. ``--warmup N`` runs the first N requests uncounted, to measure a full fleet
-(steady state) rather than one still filling.
+(steady state) rather than one still filling. ``--disk N --download-t S`` gives every replica a
+node disk cache of N adapters: a load of one not there downloads first (S seconds more), and
+the table counts those downloads.
 """
 
 import argparse
@@ -53,6 +55,8 @@ def main() -> None:
     p.add_argument("--routers", default="ours,ours-lru,builtin,builtin-lfu,pow2")
     p.add_argument("--before", default="", help="checkout whose policy runs as router 'before'")
     p.add_argument("--knobs", default="{}", help="JSON dict of policy.Knobs fields (ours)")
+    p.add_argument("--disk", type=int, default=0, help="adapters each node's disk cache holds")
+    p.add_argument("--download-t", type=float, default=2.0, help="with --disk: download time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="simulate-results.json")
     a = p.parse_args()
@@ -92,6 +96,8 @@ def main() -> None:
             seed=a.seed,
             fleet_cls=_fleet_from(a.before) if router == "before" else Fleet,
             warmup=a.warmup,
+            disk=a.disk,
+            download_t=a.download_t,
         )
         r.router = name
         rows.append(r.row())
@@ -99,14 +105,22 @@ def main() -> None:
             f"{name:11} {r.loads:7d} {1000 * r.loads / r.requests:6.1f} {r.p50:7.3f} "
             f"{r.p99:7.3f} {r.max_over_mean:8.2f} {r.busy_max_over_mean:8.2f} "
             f"{r.throughput:8.1f} {r.decision_us:9.1f} {r.wall_s:6.1f}"
+            + (f"  downloads/1k {1000 * r.downloads / r.requests:.1f}" if a.disk else "")
             + (f"  {r.kinds}" if r.kinds else "")
         )
     base = next((r for r in rows if r["router"] == "builtin"), None)
     if base:
         print(
-            "vs builtin (loads, p99): "
+            "vs builtin (loads, p99"
+            + (", downloads" if a.disk else "")
+            + "): "
             + ", ".join(
                 f"{r['router']} {r['loads'] / base['loads']:.2f}x {r['p99'] / base['p99']:.2f}x"
+                + (
+                    f" downloads {r['downloads'] / max(1, base['downloads']):.2f}x"
+                    if a.disk
+                    else ""
+                )
                 for r in rows
                 if r is not base
             )

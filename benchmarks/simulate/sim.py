@@ -18,6 +18,11 @@ the fleet's service capacity, or are sent by ``clients`` closed-loop clients. Ro
 ``eviction`` is the replicas' working-set policy: lru (Ray Serve's multiplexing evicts that way,
 an ``OrderedDict`` per replica) or lfu (the pool's frequency-aware eviction, the app's default).
 
+``disk`` > 0 gives each replica a node of its own with a disk cache of that many adapters (lru;
+an adapter the replica unloads is marked used, as the app's ``Fetcher.keep`` does): a load whose
+files are not there downloads first, ``download_t`` more, and ours is told which adapters each
+node has (``ReplicaView.local``), as replicas report them. ``downloads`` counts those loads.
+
 ``warmup``: the first requests of the trace run but are not counted (loads, latency, balance), so
 a long trace can be measured at steady state: from an empty fleet most loads are an adapter's
 first, which any router pays (8,831 of about 9,800 on the default 40,000-request trace).
@@ -35,7 +40,7 @@ from __future__ import annotations
 import heapq
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +63,9 @@ class _Replica:
     last_used: dict[str, float] = field(default_factory=dict)
     served: int = 0
     loads: int = 0
+    downloads: int = 0
     busy: float = 0.0  # slot-seconds: service and adapter loads
+    disk: OrderedDict = field(default_factory=OrderedDict)  # adapters on its node's disk, lru
 
     @property
     def ongoing(self) -> int:
@@ -79,6 +86,7 @@ class Result:
     decision_us: float
     wall_s: float
     kinds: dict[str, int]
+    downloads: int = 0
 
     def row(self) -> dict:
         return self.__dict__
@@ -109,6 +117,7 @@ def replica_view(r: Any, max_ongoing: int, slots: int) -> ReplicaView:
         max_ongoing,
         slots,
         tuple((v, r.last_used.get(v, 0.0)) for v in r.cache.eviction_order(ignore_in_use=True)[:4]),
+        local=frozenset(a for a in r.disk if a not in keys),
     )
 
 
@@ -129,6 +138,8 @@ def simulate(
     seed: int = 0,
     fleet_cls: type = Fleet,
     warmup: int = 0,
+    disk: int = 0,
+    download_t: float = 0.0,
 ) -> Result:
     """Run one router over the adapter ids in ``adapters`` (one request each, in order); the first
     ``warmup`` requests are not counted."""
@@ -203,12 +214,24 @@ def simulate(
             for v in victims:
                 by_adapter.get(v, set()).discard(r)
                 r.last_used.pop(v, None)
+                if v in r.disk:
+                    r.disk.move_to_end(v)  # Fetcher.keep: an unloaded adapter's copy stays
             by_adapter.setdefault(a, set()).add(r)
             r.loads += i >= warmup
-            r.loading[a] = now + load_t
-            heapq.heappush(events, (now + load_t, seq, "loaded", (r, a)))
+            took = load_t
+            if disk:
+                if a in r.disk:
+                    r.disk.move_to_end(a)
+                else:
+                    took += download_t
+                    r.downloads += i >= warmup
+                    r.disk[a] = None
+                    while len(r.disk) > disk:
+                        r.disk.popitem(last=False)
+            r.loading[a] = now + took
+            heapq.heappush(events, (now + took, seq, "loaded", (r, a)))
             seq += 1
-            done = now + load_t + service_t
+            done = now + took + service_t
         r.cache.acquire(a)
         if i >= warmup:
             r.busy += done - now
@@ -285,6 +308,7 @@ def simulate(
         router=router,
         requests=len(names) - warmup,
         loads=sum(r.loads for r in reps),
+        downloads=sum(r.downloads for r in reps),
         mean_latency=float(lat.mean()),
         p50=float(np.percentile(lat, 50)),
         p99=float(np.percentile(lat, 99)),

@@ -156,7 +156,8 @@ class WorkingSetMethods:
         )
 
     async def adapter_snapshot(self) -> dict:
-        """Our pool's view, the engine's own adapter list, engine counters and process RSS."""
+        """Our pool's view, the engine's own adapter list, engine counters, process RSS, and the
+        catalogue adapters not held here whose files are on this node's disk (``on_disk``)."""
         from ray import serve
 
         return {
@@ -166,6 +167,7 @@ class WorkingSetMethods:
             "replica": serve.get_replica_context().replica_id.unique_id,
             "pid": os.getpid(),
             "rss_bytes": _rss_bytes(),
+            "on_disk": list(self.residency.stats().local),
         }
 
     async def check_health(self) -> None:

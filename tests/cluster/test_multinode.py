@@ -1,7 +1,9 @@
 """The app on a 3-node Ray cluster (``ray.cluster_utils.Cluster`` on this machine): LLM replicas on
 different nodes, adapters served from each, then a node holding a replica is killed while
 clients keep sending. Every request must end with an answer or an error reply (none lost, none
-hanging), Serve must replace the lost replica, and the service must keep answering.
+hanging), Serve must replace the lost replica, and the service must keep answering. Each node
+has a disk cache of its own (``LORASERVE_ADAPTER_CACHE_DIR``), as separate machines do: an S3
+adapter loaded again goes back to the node that has its files.
 
 Placement is forced with a custom resource: every node has ``{"replica": 1}`` and every LLM
 replica asks for it, so two replicas sit on two different nodes and the third node has room for
@@ -12,6 +14,7 @@ would collide on the port.
 """
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,15 +28,53 @@ from tests.cluster.conftest import ADAPTERS, BASE, Load, app_config, wait_ready
 from tests.ports import free_port
 
 LLM = f"llm:{BASE}"
+TOKEN = "multinode-admin-token"
 
 
 @pytest.fixture(scope="module")
-def cluster(demo_assets):
+def s3(demo_assets):
+    """A real S3-compatible server (moto) holding two demo adapters under s3://loras/<name>."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    creds = {
+        "AWS_ACCESS_KEY_ID": "t",
+        "AWS_SECRET_ACCESS_KEY": "t",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in creds.items():
+            mp.setenv(k, v)  # NOTE: before the cluster starts, so the replicas inherit them
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        url = f"http://127.0.0.1:{port}"
+        client = boto3.client("s3", endpoint_url=url)
+        client.create_bucket(Bucket="loras")
+        for name in ("sql", "poet"):
+            for f in Path(demo_assets["llm"]["adapters"][name]).iterdir():
+                client.upload_file(str(f), "loras", f"{name}/{f.name}")
+        try:
+            yield url
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(demo_assets, s3, tmp_path_factory):
+    caches = tmp_path_factory.mktemp("node-caches")
+
+    def disk(i: int) -> dict:  # each node's own disk cache, as on separate machines
+        return {"LORASERVE_ADAPTER_CACHE_DIR": str(caches / f"node{i}")}
+
     c = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {"replica": 1}, "include_dashboard": True},
-    )
-    workers = [c.add_node(num_cpus=0, resources={"replica": 1}) for _ in range(2)]
+        head_node_args={
+            "num_cpus": 2, "resources": {"replica": 1}, "include_dashboard": True,
+            "env_vars": disk(0),
+        },
+    )  # fmt: skip
+    workers = [c.add_node(num_cpus=0, resources={"replica": 1}, env_vars=disk(i)) for i in (1, 2)]
     c.wait_for_nodes()
     c.connect()
     port = free_port()
@@ -43,7 +84,9 @@ def cluster(demo_assets):
         "max_ongoing_requests": 4,
         "ray_actor_options": {"num_cpus": 0, "resources": {"replica": 1}},
     }
-    serve.run(build_app(app_config(demo_assets, deployment)), name="loraserve", route_prefix="/")
+    cfg = app_config(demo_assets, deployment) | {"admin_token": TOKEN}
+    cfg["sources"]["s3_endpoint_url"] = s3
+    serve.run(build_app(cfg), name="loraserve", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)
     try:
@@ -93,6 +136,46 @@ def test_replicas_on_different_nodes_serve_adapters_from_each(cluster):
     # Two adapter slots per replica, four adapters: both replicas hold (and served) adapters.
     assert len(resident) == 2 and all(resident.values()), resident
     assert set().union(*resident.values()) == set(ADAPTERS), resident
+
+
+def _holder(adapter: str) -> str:
+    """The replica a request for ``adapter`` is routed to as a hit (where it is resident)."""
+    handle = serve.get_deployment_handle(LLM, app_name="loraserve")
+    snap = handle.options(multiplexed_model_id=adapter).adapter_snapshot.remote().result()
+    assert adapter in snap["resident"], (adapter, snap)
+    return snap["replica"]
+
+
+def _snapshots() -> dict[str, dict]:
+    """One adapter_snapshot per LLM replica (concurrent calls reach both)."""
+    handle = serve.get_deployment_handle(LLM, app_name="loraserve")
+    seen: dict[str, dict] = {}
+    for _ in range(20):
+        for r in [handle.adapter_snapshot.remote() for _ in range(6)]:
+            snap = r.result()
+            seen[snap["replica"]] = snap
+        if len(seen) == 2:
+            break
+    return seen
+
+
+def test_a_cold_adapter_loads_on_the_node_that_has_its_files(cluster):
+    # Registering an S3 adapter fetches it on one replica (validation), into that node's disk
+    # cache only; that replica tells routers, and the first request for the adapter loads it
+    # there, reading the disk. Both replicas are full (the test above), so without the
+    # preference the choice would be a coin toss per adapter.
+    _, _, url = cluster
+    admin = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
+    for name, source in {"s3sql": "s3://loras/sql", "s3poet": "s3://loras/poet"}.items():
+        body = {"name": name, "base": BASE, "source": source}
+        assert admin.post("/v1/adapters", json=body).status_code == 201
+        time.sleep(2)  # the replicas' registry followers, then their next report to routers
+        has_files = [r for r, snap in _snapshots().items() if name in snap["on_disk"]]
+        assert len(has_files) == 1, _snapshots()  # one node fetched it; the other has no copy
+        body = {"model": f"{BASE}:{name}", "prompt": "Hello", "max_tokens": 2}
+        assert httpx.post(f"{url}/v1/completions", json=body, timeout=60).status_code == 200
+        assert _holder(name) == has_files[0]
+    admin.close()
 
 
 def test_node_lost_mid_traffic_requests_answered_or_errored_none_lost(cluster):
