@@ -26,6 +26,7 @@ from ray.util.state import list_actors
 from serve_app import build_app
 from tests.cluster.conftest import ADAPTERS, BASE, Load, app_config, wait_ready
 from tests.ports import free_port
+from tests.s3_server import s3_server
 
 LLM = f"llm:{BASE}"
 TOKEN = "multinode-admin-token"
@@ -35,29 +36,14 @@ TOKEN = "multinode-admin-token"
 def s3(demo_assets):
     """A real S3-compatible server (moto) holding two demo adapters under s3://loras/<name>."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    creds = {
-        "AWS_ACCESS_KEY_ID": "t",
-        "AWS_SECRET_ACCESS_KEY": "t",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in creds.items():
-            mp.setenv(k, v)  # NOTE: before the cluster starts, so the replicas inherit them
-        port = free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        url = f"http://127.0.0.1:{port}"
+    with s3_server() as url:  # NOTE: before the cluster starts, so replicas get its credentials
         client = boto3.client("s3", endpoint_url=url)
         client.create_bucket(Bucket="loras")
         for name in ("sql", "poet"):
             for f in Path(demo_assets["llm"]["adapters"][name]).iterdir():
                 client.upload_file(str(f), "loras", f"{name}/{f.name}")
-        try:
-            yield url
-        finally:
-            server.stop()
+        yield url
 
 
 @pytest.fixture(scope="module")

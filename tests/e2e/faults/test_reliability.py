@@ -18,6 +18,7 @@ import pytest
 
 from tests.ports import free_port
 from tests.ray_start import init_ray
+from tests.s3_server import s3_server
 
 TOKEN = "faults-admin-token"
 BASE, REF = "tiny-llama", "tiny-llama-ref"
@@ -139,23 +140,8 @@ def named_actor(fragment: str) -> str:
 @pytest.fixture(scope="module")
 def s3() -> str:
     """A real S3-compatible server (moto) for adapters that go through the disk cache."""
-    from moto.server import ThreadedMotoServer
-
-    creds = {
-        "AWS_ACCESS_KEY_ID": "t",
-        "AWS_SECRET_ACCESS_KEY": "t",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in creds.items():
-            mp.setenv(k, v)  # NOTE: before ray.init, so the replicas inherit them
-        port = free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.stop()
+    with s3_server() as url:  # NOTE: before ray.init, so the replicas inherit its credentials
+        yield url
 
 
 class HangingProxy:

@@ -11,7 +11,6 @@ from pathlib import Path
 import boto3
 import huggingface_hub.constants
 import pytest
-from moto.server import ThreadedMotoServer
 
 from adapters.disk_cache import DiskCache
 from adapters.errors import (
@@ -22,6 +21,7 @@ from adapters.errors import (
 from adapters.sources import Fetcher
 from adapters.spec import AdapterSpec
 from tests.ports import free_port
+from tests.s3_server import s3_server
 
 FILES = {"adapter_config.json": b'{"peft_type": "LORA"}', "adapter_model.safetensors": b"w" * 1000}
 
@@ -178,20 +178,8 @@ def test_hub_adapter_not_in_cache_while_offline_is_a_clear_error(tmp_path, offli
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            mp.setenv(k, v)
-        port = free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.stop()
+    with s3_server() as url:
+        yield url
 
 
 @pytest.fixture
