@@ -125,7 +125,9 @@ def cold_ids(log_dir: Path) -> set[str]:
     return ids
 
 
-def replica_counts(log_dir: Path) -> tuple:
+def replica_counts(
+    log_dir: Path,
+) -> tuple[int, list[int], dict[str, int], dict[str, int], dict[str, int]]:
     """(adapter loads, requests per replica, loads per adapter, routing decisions per kind,
     S3 fetches by outcome) from the Serve log files: the LLM replicas' pools and sources, and
     the ingress's router (ours logs every decision, ``cold+disk`` for a load placed on a node
@@ -404,7 +406,7 @@ def _print_run(name: str, r: dict) -> None:
         f"  {r['req_per_s']:5.2f} req/s  "
         f"per replica {r['requests_per_replica']} (max/mean {r['max_over_mean']:.2f})"
         f"  loads per adapter {r['loads_per_adapter']}  decisions {r['decisions']}"
-        f"  S3 fetches {r.get('fetches', {})}",
+        f"  S3 fetches {r['fetches']}",
         flush=True,
     )
     s = r["latency_by_load"]
