@@ -540,6 +540,25 @@ def test_an_adapter_whose_holders_are_all_over_their_share_gains_a_copy():
     assert fleet.decide(req("a")).ids == ["r0"]
 
 
+def test_a_new_adapter_goes_under_its_share_unless_that_evicts_a_popular_one():
+    # Both replicas full; r0 got far more requests than the mean so far (over its share).
+    def fleet_where_r1_evicts(victim):
+        replicas = [
+            r("r0", ["p", "q"], victims=(("q", NOW - 1),)),
+            r("r1", ["s", "t"], victims=((victim, NOW - 1),)),
+        ]
+        fleet = hot_fleet(replicas, "p", share=0.5)
+        for _ in range(20):
+            fleet.observe(req("s"))
+        sent(fleet, "r0", 30)
+        return fleet
+
+    # Victims as rarely requested (never) on both: the replica under its share takes it.
+    assert fleet_where_r1_evicts("t").decide(req("new")).ids == ["r1"]
+    # Not by evicting 's' (20 requests) where r0 evicts 'q' (none): 's' would load again soon.
+    assert fleet_where_r1_evicts("s").decide(req("new")).ids == ["r0"]
+
+
 def test_a_new_replica_joins_at_the_mean_so_adapters_stay_put():
     fleet = hot_fleet([r("r0", ["a"]), r("r1", ["b"]), r("r2", ["c"])], "other", n=40)
     for rid in ("r0", "r1", "r2"):
