@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--routers", default="ours,ours-lru,builtin,builtin-lfu,pow2")
     p.add_argument("--before", default="", help="checkout whose policy runs as router 'before'")
     p.add_argument("--knobs", default="{}", help="JSON dict of policy.Knobs fields (ours)")
+    p.add_argument("--load-t", type=float, default=0.2, help="seconds an adapter load takes")
+    p.add_argument("--service-t", type=float, default=0.02, help="seconds a request takes")
     p.add_argument("--disk", type=int, default=0, help="adapters each node's disk cache holds")
     p.add_argument("--download-t", type=float, default=2.0, help="with --disk: download time")
     p.add_argument("--seed", type=int, default=0)
@@ -98,6 +100,8 @@ def main() -> None:
             warmup=a.warmup,
             disk=a.disk,
             download_t=a.download_t,
+            load_t=a.load_t,
+            service_t=a.service_t,
         )
         r.router = name
         rows.append(r.row())
