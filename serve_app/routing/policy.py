@@ -11,11 +11,13 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    go elsewhere (consistent hashing with bounded loads, Mirrokni et al. 2018, with the adapter's
    holders as its first choices), it takes no copy of an adapter, and a new adapter goes to
    a replica under its share unless that would evict a more requested adapter than the over one
-   would (a soft bound there: evicting a popular adapter to balance costs a load again soon;
-   benchmarks/simulate at 3 replicas x 4 slots with 2 s loads, four seeds: 306-318 loads per
-   1,000 requests against 312-325 with a hard bound; at 1,000 replicas 104.3 per 1,000 and
-   max/mean 1.22-1.23 either way). This bounds max/mean requests per replica by about
-   ``balance`` while a request still goes where its adapter is.
+   would. This bounds max/mean requests per replica by about ``balance`` while a request still
+   goes where its adapter is. Balance never evicts an adapter that is still requested (step 2,
+   step 3): that adapter would load again soon, and on a small fleet those loads were most of
+   what the bound cost (benchmarks/simulate at 3 replicas x 4 slots with 2 s loads, four
+   seeds: 298-305 loads per 1,000 requests, against 312-325 when over-share replicas took no
+   new adapter and copies for balance evicted any victim; at 1,000 replicas 104.3 per 1,000
+   and max/mean 1.22-1.23 either way).
 1. **Hit.** Replicas holding ``a`` (resident, or a load already started) whose load is below
    ``spill_at`` and that are not over their share, least loaded first (join-shortest-queue among
    holders); resident before loading, then fewer requests sent, at equal load. When every holder
@@ -32,7 +34,9 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    holders follow, least over first) if its recent requests exceed the headroom the cap leaves
    a replica (``balance`` - 1 of the mean): a rarer one (e.g. a burst for a cold adapter) stays
    where it is, since a copy would cost a load to move almost nothing. Copies go only to
-   replicas not over their share.
+   replicas not over their share, and a copy for balance (not for a hot adapter's load) only
+   to a free slot or over a victim requested at most once lately (aged count <= 1); without
+   such a replica the request queues for its holder.
 3. **Cold placement, with optional admission.** No holder: with admission on
    (``admit_wait_s`` > 0), while the request has waited less than the admission wait, only
    replicas below ``place_below`` that have a free slot or whose next eviction victim is no more
@@ -650,10 +654,11 @@ class Fleet:
         # One more copy for a hot adapter (by observed rate) whose holders are all half busy,
         # or for any adapter whose holders are full or over their share of requests.
         hot = self._hot(request, len(held))
-        if (hot and not any(load[i] < k.spill_to for i in spare)) or (
-            not spare and over and self._worth_a_copy(request)
-        ):
+        busy = hot and not any(load[i] < k.spill_to for i in spare)
+        if busy or (not spare and over and self._worth_a_copy(request)):
             mask = (load < k.spill_to) & (self._sent < cap)
+            if not busy:  # a copy for balance only: where it evicts nothing still requested
+                mask &= self._free_slot | (self._victim_f <= 1.0)
             mask[list(held)] = False
             t = self._best_placement(request, mask, now, load, cold=False)
             if t is not None:

@@ -540,6 +540,30 @@ def test_an_adapter_whose_holders_are_all_over_their_share_gains_a_copy():
     assert fleet.decide(req("a")).ids == ["r0"]
 
 
+def test_a_copy_for_balance_evicts_nothing_still_requested():
+    def fleet_where_r2_evicts(victim):
+        replicas = [
+            r("r0", ["a", "rare"]),
+            r("r1", ["p", "q"], victims=(("p", NOW - 1),)),
+            r("r2", ["s", victim], victims=((victim, NOW - 1),)),
+        ]
+        fleet = hot_fleet(replicas, "other", n=40)
+        for _ in range(5):  # 'a': 1/9 of the requests, not hot by rate
+            fleet.observe(req("a"))
+        for _ in range(3):
+            fleet.observe(req("p"))
+            fleet.observe(req("s2"))
+        sent(fleet, "r0", 30)
+        return fleet
+
+    # r0 is over its share; the copy of 'a' goes where it evicts an adapter nobody asked for ...
+    d = fleet_where_r2_evicts("t").decide(req("a"))
+    assert d.kind == "spill" and d.ids[:2] == ["r2", "r0"]
+    # ... and nowhere when that would evict 'p' or 's2' (3 requests each): such a copy would
+    # cost a load again soon, so 'a' queues on its holder.
+    assert fleet_where_r2_evicts("s2").decide(req("a")).ids == ["r0"]
+
+
 def test_a_new_adapter_goes_under_its_share_unless_that_evicts_a_popular_one():
     # Both replicas full; r0 got far more requests than the mean so far (over its share).
     def fleet_where_r1_evicts(victim):
