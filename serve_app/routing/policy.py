@@ -12,12 +12,12 @@ Algorithm, for a request naming adapter ``a`` (``load(r) = ongoing(r) / max_ongo
    holders as its first choices), it takes no copy of an adapter, and a new adapter goes to
    a replica under its share unless that would evict a more requested adapter than the over one
    would. This bounds max/mean requests per replica by about ``balance`` while a request still
-   goes where its adapter is. Balance never evicts an adapter that is still requested (step 2,
-   step 3): that adapter would load again soon, and on a small fleet those loads were most of
-   what the bound cost (benchmarks/simulate at 3 replicas x 4 slots with 2 s loads, four
-   seeds: 298-305 loads per 1,000 requests, against 312-325 when over-share replicas took no
-   new adapter and copies for balance evicted any victim; at 1,000 replicas 104.3 per 1,000
-   and max/mean 1.22-1.23 either way).
+   goes where its adapter is. Balance never evicts a more requested adapter than a load would
+   evict without it (steps 2 and 3): that adapter would load again soon, and on a small fleet
+   those loads were most of what the bound cost (benchmarks/simulate at 3 replicas x 4 slots
+   with 2 s loads, four seeds: 298-305 loads per 1,000 requests, 289-295 with ``balance`` 0,
+   against 312-325 when over-share replicas took no new adapter and copies for balance evicted
+   any victim; at 1,000 replicas 104.3 per 1,000 and max/mean 1.22-1.23 either way).
 1. **Hit.** Replicas holding ``a`` (resident, or a load already started) whose load is below
    ``spill_at`` and that are not over their share, least loaded first (join-shortest-queue among
    holders); resident before loading, then fewer requests sent, at equal load. When every holder
